@@ -1,0 +1,902 @@
+//! What both stores share: raw row shapes, their conversion into the public
+//! row types, and the whole `impl Store` written once as a macro.
+//!
+//! The SQL is deliberately the common subset of SQLite and PostgreSQL (`$n`
+//! placeholders, `ON CONFLICT`, `RETURNING`, `CAST(... AS BIGINT)` around
+//! sums), so one text serves both and the two stores cannot drift apart. What
+//! differs per dialect lives in each store's inherent `begin_write` /
+//! `begin_read`: SQLite takes the write lock up front (`BEGIN IMMEDIATE`),
+//! PostgreSQL relies on row locks taken by conditional `UPDATE`s.
+
+use sluice_core::{AmountError, Msat, SessionPolicy, SessionState};
+
+use crate::{
+    DevInvoiceRow, InvoicePurpose, InvoiceRow, InvoiceState, RequestRow, RequestStatus, SessionRow,
+    SpendCap, StoreError,
+};
+
+/// Attempts of a hold whose conditional update failed although a re-read says
+/// it should have succeeded (a concurrent settle changed the row in between).
+pub(crate) const HOLD_ATTEMPTS: usize = 5;
+
+/// Session columns, in [`SessionRaw`] order (a macro so queries stay `&'static str`).
+macro_rules! session_columns {
+    () => {
+        "id, state, balance_msat, held_msat, deposited_msat, spent_msat, created_at, expires_at"
+    };
+}
+pub(crate) use session_columns;
+
+/// A fresh random id for a ledger transaction.
+pub(crate) fn new_id() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+/// A `u64` quantity as a `BIGINT`.
+pub(crate) fn to_i64(v: u64) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|_| StoreError::Amount(AmountError::Overflow))
+}
+
+fn from_i64(v: i64, what: &str) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| corrupt(what))
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Database(format!("corrupt row: bad {what}"))
+}
+
+/// `now + ttl` in unix ms.
+pub(crate) fn expiry(now_ms: i64, policy: &SessionPolicy) -> Result<i64, StoreError> {
+    policy
+        .ttl_secs
+        .checked_mul(1_000)
+        .and_then(|ms| i64::try_from(ms).ok())
+        .and_then(|ms| now_ms.checked_add(ms))
+        .ok_or(StoreError::Amount(AmountError::Overflow))
+}
+
+/// `now + ttl_ms` in unix ms.
+pub(crate) fn expiry_ms(now_ms: i64, ttl_ms: i64) -> Result<i64, StoreError> {
+    now_ms
+        .checked_add(ttl_ms)
+        .ok_or(StoreError::Amount(AmountError::Overflow))
+}
+
+/// A stored session state.
+pub(crate) fn parse_state(s: &str) -> Result<SessionState, StoreError> {
+    SessionState::parse(s).ok_or_else(|| corrupt("session state"))
+}
+
+/// A stored amount.
+pub(crate) fn msat(v: i64) -> Result<Msat, StoreError> {
+    Msat::from_i64(v).map_err(|_| corrupt("amount"))
+}
+
+/// The caps of a hold in lock order (sorted by key, so concurrent holds lock
+/// cap rows in the same order and cannot deadlock), one per key (the tightest).
+pub(crate) fn normalise_caps(caps: &[SpendCap]) -> Vec<SpendCap> {
+    let mut out: Vec<SpendCap> = caps.to_vec();
+    out.sort_by(|a, b| a.key.cmp(&b.key).then(a.cap.cmp(&b.cap)));
+    out.dedup_by(|later, first| later.key == first.key);
+    out
+}
+
+/// The cap keys as stored on the request row.
+pub(crate) fn cap_keys_json(caps: &[SpendCap]) -> Result<String, StoreError> {
+    serde_json::to_string(&caps.iter().map(|c| c.key.as_str()).collect::<Vec<_>>())
+        .map_err(|e| StoreError::Database(e.to_string()))
+}
+
+/// The cap keys of a stored request row.
+pub(crate) fn parse_cap_keys(s: &str) -> Result<Vec<String>, StoreError> {
+    serde_json::from_str(s).map_err(|_| corrupt("cap_keys"))
+}
+
+/// A secret as stored (hex) back to bytes.
+pub(crate) fn parse_secret(hex_value: &str) -> Result<[u8; 32], StoreError> {
+    hex::decode(hex_value)
+        .ok()
+        .and_then(|v| <[u8; 32]>::try_from(v).ok())
+        .ok_or_else(|| corrupt("secret"))
+}
+
+/// A `sessions` row as read.
+#[derive(sqlx::FromRow)]
+pub(crate) struct SessionRaw {
+    id: String,
+    state: String,
+    balance_msat: i64,
+    held_msat: i64,
+    deposited_msat: i64,
+    spent_msat: i64,
+    created_at: i64,
+    expires_at: i64,
+}
+
+impl TryFrom<SessionRaw> for SessionRow {
+    type Error = StoreError;
+    fn try_from(r: SessionRaw) -> Result<Self, StoreError> {
+        Ok(SessionRow {
+            id: r.id,
+            state: parse_state(&r.state)?,
+            balance: msat(r.balance_msat)?,
+            held: msat(r.held_msat)?,
+            deposited: msat(r.deposited_msat)?,
+            spent: msat(r.spent_msat)?,
+            created_at_ms: r.created_at,
+            expires_at_ms: r.expires_at,
+        })
+    }
+}
+
+/// Invoice columns, in [`InvoiceRaw`] order.
+macro_rules! invoice_columns {
+    () => {
+        "payment_hash, bolt11, amount_msat, purpose, session_id, state, preimage, created_at, expires_at, settled_at"
+    };
+}
+pub(crate) use invoice_columns;
+
+/// An `invoices` row as read.
+#[derive(sqlx::FromRow)]
+pub(crate) struct InvoiceRaw {
+    payment_hash: String,
+    bolt11: String,
+    amount_msat: i64,
+    purpose: String,
+    session_id: String,
+    state: String,
+    preimage: Option<String>,
+    created_at: i64,
+    expires_at: i64,
+    settled_at: Option<i64>,
+}
+
+impl InvoiceState {
+    /// Stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InvoiceState::Pending => "pending",
+            InvoiceState::Settled => "settled",
+            InvoiceState::Expired => "expired",
+        }
+    }
+
+    /// Parse a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => InvoiceState::Pending,
+            "settled" => InvoiceState::Settled,
+            "expired" => InvoiceState::Expired,
+            _ => return None,
+        })
+    }
+}
+
+impl InvoicePurpose {
+    /// Parse a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "deposit" => InvoicePurpose::Deposit,
+            "topup" => InvoicePurpose::Topup,
+            _ => return None,
+        })
+    }
+}
+
+impl TryFrom<InvoiceRaw> for InvoiceRow {
+    type Error = StoreError;
+    fn try_from(r: InvoiceRaw) -> Result<Self, StoreError> {
+        Ok(InvoiceRow {
+            payment_hash: r.payment_hash,
+            bolt11: r.bolt11,
+            amount: msat(r.amount_msat)?,
+            purpose: InvoicePurpose::parse(&r.purpose).ok_or_else(|| corrupt("invoice purpose"))?,
+            session_id: r.session_id,
+            state: InvoiceState::parse(&r.state).ok_or_else(|| corrupt("invoice state"))?,
+            preimage: r.preimage,
+            created_at_ms: r.created_at,
+            expires_at_ms: r.expires_at,
+            settled_at_ms: r.settled_at,
+        })
+    }
+}
+
+/// Request columns, in [`RequestRaw`] order (table alias `r`).
+macro_rules! request_columns {
+    () => {
+        "r.id, r.session_id, r.model, r.est_input_tokens, r.max_output_tokens, r.hold_msat, r.btc_usd_micros, \
+         r.input_tokens, r.output_tokens, r.charged_msat, r.uncharged_msat, r.latency_ms, r.status, r.stream, \
+         r.instance_id, r.created_at, r.finished_at"
+    };
+}
+pub(crate) use request_columns;
+
+/// A `requests` row as read.
+#[derive(sqlx::FromRow)]
+pub(crate) struct RequestRaw {
+    id: String,
+    session_id: String,
+    model: String,
+    est_input_tokens: i64,
+    max_output_tokens: i64,
+    hold_msat: i64,
+    btc_usd_micros: i64,
+    input_tokens: Option<i64>,
+    output_tokens: Option<i64>,
+    charged_msat: Option<i64>,
+    uncharged_msat: Option<i64>,
+    latency_ms: Option<i64>,
+    status: String,
+    stream: bool,
+    instance_id: String,
+    created_at: i64,
+    finished_at: Option<i64>,
+}
+
+impl TryFrom<RequestRaw> for RequestRow {
+    type Error = StoreError;
+    fn try_from(r: RequestRaw) -> Result<Self, StoreError> {
+        let opt_u64 = |v: Option<i64>, what: &str| v.map(|v| from_i64(v, what)).transpose();
+        Ok(RequestRow {
+            id: r.id,
+            session_id: r.session_id,
+            model: r.model,
+            est_input_tokens: from_i64(r.est_input_tokens, "est_input_tokens")?,
+            max_output_tokens: from_i64(r.max_output_tokens, "max_output_tokens")?,
+            hold: msat(r.hold_msat)?,
+            btc_usd_micros: from_i64(r.btc_usd_micros, "btc_usd_micros")?,
+            input_tokens: opt_u64(r.input_tokens, "input_tokens")?,
+            output_tokens: opt_u64(r.output_tokens, "output_tokens")?,
+            charged: r.charged_msat.map(msat).transpose()?,
+            uncharged: r.uncharged_msat.map(msat).transpose()?,
+            latency_ms: opt_u64(r.latency_ms, "latency_ms")?,
+            status: RequestStatus::parse(&r.status).ok_or_else(|| corrupt("request status"))?,
+            stream: r.stream,
+            instance_id: r.instance_id,
+            created_at_ms: r.created_at,
+            finished_at_ms: r.finished_at,
+        })
+    }
+}
+
+/// A `dev_invoices` row as read.
+#[derive(sqlx::FromRow)]
+pub(crate) struct DevInvoiceRaw {
+    payment_hash: String,
+    preimage: String,
+    bolt11: String,
+    amount_msat: i64,
+    expires_at: i64,
+    paid_at: Option<i64>,
+}
+
+impl TryFrom<DevInvoiceRaw> for DevInvoiceRow {
+    type Error = StoreError;
+    fn try_from(r: DevInvoiceRaw) -> Result<Self, StoreError> {
+        Ok(DevInvoiceRow {
+            payment_hash: r.payment_hash,
+            preimage: r.preimage,
+            bolt11: r.bolt11,
+            amount: msat(r.amount_msat)?,
+            expires_at_ms: r.expires_at,
+            paid_at_ms: r.paid_at,
+        })
+    }
+}
+
+/// What ends a held request: a settlement at actual cost or a full release.
+pub(crate) enum Finish<'a> {
+    /// [`crate::Store::settle`].
+    Settle(&'a crate::SettleRequest),
+    /// [`crate::Store::release`].
+    Release {
+        /// The request.
+        request_id: &'a str,
+        /// `Failed` or `Abandoned`.
+        status: RequestStatus,
+        /// Now, unix ms.
+        now_ms: i64,
+        /// Session policy.
+        policy: &'a SessionPolicy,
+    },
+}
+
+/// The `impl Store` for one dialect. `$store` must have a `pool` field and
+/// inherent `begin_write()` (a transaction that will write: on SQLite it holds
+/// the database write lock from its first statement) and `begin_read()` (one
+/// consistent snapshot); `$conn` is the dialect's connection type.
+macro_rules! store_impl {
+    ($store:ty, $conn:ty, $dialect:literal) => {
+        use $crate::common::{
+            Finish, HOLD_ATTEMPTS, cap_keys_json, expiry, expiry_ms, invoice_columns, msat, new_id, normalise_caps,
+            parse_cap_keys, parse_secret, parse_state, request_columns, session_columns, to_i64,
+        };
+        use $crate::{
+            Credit, DevInvoiceRow, HoldOutcome, InvoiceRow, LedgerReport, NewHold, NewInvoice, NewSession, RequestRow,
+            RequestStatus, SessionRow, SettleRequest, Settled, Store, StoreError,
+        };
+        use sluice_core::{Msat, Posting, SessionPolicy, SessionState, effective_state};
+
+        /// Write `posting` (ledger transaction and legs); `false` when its
+        /// idempotency key was posted before, in which case nothing was written.
+        async fn write_posting(conn: &mut $conn, posting: &Posting, now_ms: i64) -> Result<bool, StoreError> {
+            if !posting.is_balanced() {
+                return Err(StoreError::Conflict(format!("unbalanced posting {}", posting.idempotency_key)));
+            }
+            let id = new_id();
+            let inserted = sqlx::query(
+                "INSERT INTO ledger_tx (id, kind, idempotency_key, created_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (idempotency_key) DO NOTHING",
+            )
+            .bind(id.as_str())
+            .bind(posting.kind.as_str())
+            .bind(posting.idempotency_key.as_str())
+            .bind(now_ms)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            if inserted == 0 {
+                return Ok(false);
+            }
+            for leg in &posting.legs {
+                sqlx::query("INSERT INTO ledger_entry (tx_id, account, amount_msat) VALUES ($1, $2, $3)")
+                    .bind(id.as_str())
+                    .bind(leg.account.key())
+                    .bind(leg.amount_msat)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Ok(true)
+        }
+
+        async fn insert_invoice(conn: &mut $conn, invoice: &NewInvoice) -> Result<(), StoreError> {
+            sqlx::query(
+                "INSERT INTO invoices (payment_hash, bolt11, amount_msat, purpose, session_id, state, created_at, \
+                 expires_at) VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7)",
+            )
+            .bind(invoice.payment_hash.as_str())
+            .bind(invoice.bolt11.as_str())
+            .bind(invoice.amount.to_i64()?)
+            .bind(invoice.purpose.as_str())
+            .bind(invoice.session_id.as_str())
+            .bind(invoice.created_at_ms)
+            .bind(invoice.expires_at_ms)
+            .execute(&mut *conn)
+            .await?;
+            Ok(())
+        }
+
+        impl $store {
+            /// End a held request (settle or release) in one transaction.
+            async fn finish(&self, finish: Finish<'_>) -> Result<Settled, StoreError> {
+                let (request_id, status, now_ms, policy) = match &finish {
+                    Finish::Settle(s) => {
+                        if !matches!(s.status, RequestStatus::Settled | RequestStatus::ClientGone) {
+                            return Err(StoreError::Conflict(format!("cannot settle as {}", s.status.as_str())));
+                        }
+                        (s.request_id.as_str(), s.status, s.now_ms, &s.policy)
+                    }
+                    Finish::Release { request_id, status, now_ms, policy } => {
+                        if !matches!(status, RequestStatus::Failed | RequestStatus::Abandoned) {
+                            return Err(StoreError::Conflict(format!("cannot release as {}", status.as_str())));
+                        }
+                        (*request_id, *status, *now_ms, *policy)
+                    }
+                };
+                let mut tx = self.begin_write().await?;
+                // Claiming the row first makes a second settle (from any process) see
+                // a non-held request and stop here.
+                let claimed: Option<(String, i64, String)> = sqlx::query_as(
+                    "UPDATE requests SET status = $2, finished_at = $3 WHERE id = $1 AND status = 'held' \
+                     RETURNING session_id, hold_msat, cap_keys",
+                )
+                .bind(request_id)
+                .bind(status.as_str())
+                .bind(now_ms)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some((session_id, hold, cap_keys)) = claimed else {
+                    let current: Option<String> = sqlx::query_scalar("SELECT status FROM requests WHERE id = $1")
+                        .bind(request_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    tx.rollback().await?;
+                    return Err(match current {
+                        None => StoreError::NotFound,
+                        Some(s) => StoreError::Conflict(format!("request {request_id} is {s}, not held")),
+                    });
+                };
+                let hold = msat(hold)?;
+                let (settlement, posting, usage, latency) = match &finish {
+                    Finish::Settle(s) => {
+                        let split = sluice_core::settle(hold, s.actual_cost);
+                        let posting = Posting::settle(&session_id, request_id, hold, split)?;
+                        (split, posting, Some(s.usage), Some(to_i64(s.latency_ms)?))
+                    }
+                    Finish::Release { .. } => {
+                        let split = sluice_core::settle(hold, Msat::ZERO);
+                        (split, Posting::release(&session_id, request_id, hold)?, None, None)
+                    }
+                };
+                if !write_posting(&mut tx, &posting, now_ms).await? {
+                    tx.rollback().await?;
+                    return Err(StoreError::Conflict(format!("request {request_id} was settled before")));
+                }
+                let (balance, stored, expires_at): (i64, String, i64) = sqlx::query_as(
+                    "UPDATE sessions SET balance_msat = balance_msat + $2, held_msat = held_msat - $3, \
+                     spent_msat = spent_msat + $4, updated_at = $5 WHERE id = $1 \
+                     RETURNING balance_msat, state, expires_at",
+                )
+                .bind(session_id.as_str())
+                .bind(settlement.released.to_i64()?)
+                .bind(hold.to_i64()?)
+                .bind(settlement.charged.to_i64()?)
+                .bind(now_ms)
+                .fetch_one(&mut *tx)
+                .await?;
+                let balance = msat(balance)?;
+                let (state, expires_at) = match parse_state(&stored)? {
+                    // Activity keeps a live session alive; an expired one stays expired.
+                    SessionState::Active | SessionState::Paused => {
+                        let expires = if expires_at > now_ms { expiry(now_ms, policy)? } else { expires_at };
+                        (policy.funded_state(balance), expires)
+                    }
+                    other => (other, expires_at),
+                };
+                sqlx::query("UPDATE sessions SET state = $2, expires_at = $3 WHERE id = $1")
+                    .bind(session_id.as_str())
+                    .bind(state.as_str())
+                    .bind(expires_at)
+                    .execute(&mut *tx)
+                    .await?;
+                // What was released no longer counts against the caps; the charge still does.
+                let released = settlement.released.to_i64()?;
+                if released > 0 {
+                    for key in parse_cap_keys(&cap_keys)? {
+                        sqlx::query("UPDATE spend_caps SET committed_msat = committed_msat - $2 WHERE key = $1")
+                            .bind(key.as_str())
+                            .bind(released)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+                sqlx::query(
+                    "UPDATE requests SET input_tokens = $2, output_tokens = $3, charged_msat = $4, \
+                     uncharged_msat = $5, latency_ms = $6 WHERE id = $1",
+                )
+                .bind(request_id)
+                .bind(usage.map(|u| to_i64(u.input)).transpose()?)
+                .bind(usage.map(|u| to_i64(u.output)).transpose()?)
+                .bind(settlement.charged.to_i64()?)
+                .bind(settlement.uncharged.to_i64()?)
+                .bind(latency)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(Settled {
+                    charged: settlement.charged,
+                    released: settlement.released,
+                    balance,
+                    state: effective_state(state, expires_at, now_ms),
+                })
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl Store for $store {
+            fn dialect(&self) -> &'static str {
+                $dialect
+            }
+
+            async fn secret(&self, name: &str, fresh: [u8; 32]) -> Result<[u8; 32], StoreError> {
+                // Insert-if-absent then read: whichever process inserts first wins, everyone reads the winner.
+                let mut tx = self.begin_write().await?;
+                sqlx::query("INSERT INTO secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+                    .bind(name)
+                    .bind(hex::encode(fresh))
+                    .execute(&mut *tx)
+                    .await?;
+                let value: String = sqlx::query_scalar("SELECT value FROM secrets WHERE name = $1")
+                    .bind(name)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                parse_secret(&value)
+            }
+
+            async fn create_session(&self, session: &NewSession, deposit: &NewInvoice) -> Result<(), StoreError> {
+                if deposit.session_id != session.id {
+                    return Err(StoreError::Conflict("the deposit invoice is for another session".to_owned()));
+                }
+                let mut tx = self.begin_write().await?;
+                sqlx::query(
+                    "INSERT INTO sessions (id, state, balance_msat, held_msat, deposited_msat, spent_msat, \
+                     created_at, expires_at, updated_at) VALUES ($1, 'awaiting_payment', 0, 0, 0, 0, $2, $3, $2)",
+                )
+                .bind(session.id.as_str())
+                .bind(session.created_at_ms)
+                .bind(session.expires_at_ms)
+                .execute(&mut *tx)
+                .await?;
+                insert_invoice(&mut tx, deposit).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn session(&self, id: &str) -> Result<Option<SessionRow>, StoreError> {
+                let raw: Option<$crate::common::SessionRaw> =
+                    sqlx::query_as(concat!("SELECT ", session_columns!(), " FROM sessions WHERE id = $1"))
+                        .bind(id)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                raw.map(SessionRow::try_from).transpose()
+            }
+
+            async fn add_invoice(&self, invoice: &NewInvoice) -> Result<(), StoreError> {
+                let mut tx = self.begin_write().await?;
+                let exists: Option<String> = sqlx::query_scalar("SELECT id FROM sessions WHERE id = $1")
+                    .bind(invoice.session_id.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if exists.is_none() {
+                    tx.rollback().await?;
+                    return Err(StoreError::NotFound);
+                }
+                insert_invoice(&mut tx, invoice).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn invoice(&self, payment_hash: &str) -> Result<Option<InvoiceRow>, StoreError> {
+                let raw: Option<$crate::common::InvoiceRaw> =
+                    sqlx::query_as(concat!("SELECT ", invoice_columns!(), " FROM invoices WHERE payment_hash = $1"))
+                        .bind(payment_hash)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                raw.map(InvoiceRow::try_from).transpose()
+            }
+
+            async fn pending_invoices(&self, limit: u32) -> Result<Vec<InvoiceRow>, StoreError> {
+                let raws: Vec<$crate::common::InvoiceRaw> = sqlx::query_as(concat!(
+                    "SELECT ",
+                    invoice_columns!(),
+                    " FROM invoices WHERE state = 'pending' ORDER BY created_at, payment_hash LIMIT $1"
+                ))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+                raws.into_iter().map(InvoiceRow::try_from).collect()
+            }
+
+            async fn credit_invoice(
+                &self,
+                payment_hash: &str,
+                preimage_hex: &str,
+                now_ms: i64,
+                policy: &SessionPolicy,
+            ) -> Result<Credit, StoreError> {
+                let expires_at = expiry(now_ms, policy)?;
+                let mut tx = self.begin_write().await?;
+                // The conditional update is the lock: a concurrent credit of the same
+                // invoice waits on the row and then matches nothing.
+                let claimed: Option<(i64, String)> = sqlx::query_as(
+                    "UPDATE invoices SET state = 'settled', preimage = $2, settled_at = $3 \
+                     WHERE payment_hash = $1 AND state <> 'settled' RETURNING amount_msat, session_id",
+                )
+                .bind(payment_hash)
+                .bind(preimage_hex)
+                .bind(now_ms)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some((amount, session_id)) = claimed else {
+                    let exists: Option<String> =
+                        sqlx::query_scalar("SELECT payment_hash FROM invoices WHERE payment_hash = $1")
+                            .bind(payment_hash)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    tx.rollback().await?;
+                    return match exists {
+                        Some(_) => Ok(Credit::AlreadyCredited),
+                        None => Err(StoreError::NotFound),
+                    };
+                };
+                let amount = msat(amount)?;
+                let posting = Posting::deposit(&session_id, payment_hash, amount)?;
+                if !write_posting(&mut tx, &posting, now_ms).await? {
+                    tx.rollback().await?;
+                    return Ok(Credit::AlreadyCredited);
+                }
+                let balance: i64 = sqlx::query_scalar(
+                    "UPDATE sessions SET balance_msat = balance_msat + $2, deposited_msat = deposited_msat + $2, \
+                     updated_at = $3 WHERE id = $1 RETURNING balance_msat",
+                )
+                .bind(session_id.as_str())
+                .bind(amount.to_i64()?)
+                .bind(now_ms)
+                .fetch_one(&mut *tx)
+                .await?;
+                let balance = msat(balance)?;
+                // Money arrived: whatever the session was (even expired), it is funded now.
+                let state = policy.funded_state(balance);
+                sqlx::query("UPDATE sessions SET state = $2, expires_at = $3 WHERE id = $1")
+                    .bind(session_id.as_str())
+                    .bind(state.as_str())
+                    .bind(expires_at)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(Credit::Credited { session_id, state, balance })
+            }
+
+            async fn expire_invoice(&self, payment_hash: &str) -> Result<(), StoreError> {
+                let mut tx = self.begin_write().await?;
+                let changed = sqlx::query(
+                    "UPDATE invoices SET state = 'expired' WHERE payment_hash = $1 AND state = 'pending'",
+                )
+                .bind(payment_hash)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if changed == 0 {
+                    let exists: Option<String> =
+                        sqlx::query_scalar("SELECT payment_hash FROM invoices WHERE payment_hash = $1")
+                            .bind(payment_hash)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    if exists.is_none() {
+                        tx.rollback().await?;
+                        return Err(StoreError::NotFound);
+                    }
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn hold(&self, hold: &NewHold) -> Result<HoldOutcome, StoreError> {
+                let amount = hold.hold.to_i64()?;
+                let expires_at = expiry_ms(hold.now_ms, hold.ttl_ms)?;
+                let caps = normalise_caps(&hold.caps);
+                let cap_keys = cap_keys_json(&caps)?;
+                let posting = Posting::hold(&hold.session_id, &hold.request_id, hold.hold)?;
+                for _ in 0..HOLD_ATTEMPTS {
+                    let mut tx = self.begin_write().await?;
+                    let taken: Option<i64> = sqlx::query_scalar(
+                        "UPDATE sessions SET balance_msat = balance_msat - $2, held_msat = held_msat + $2, \
+                         expires_at = $4, updated_at = $3 \
+                         WHERE id = $1 AND state = 'active' AND expires_at > $3 AND balance_msat >= $2 \
+                         RETURNING balance_msat",
+                    )
+                    .bind(hold.session_id.as_str())
+                    .bind(amount)
+                    .bind(hold.now_ms)
+                    .bind(expires_at)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    let Some(balance) = taken else {
+                        let row: Option<(String, i64, i64)> =
+                            sqlx::query_as("SELECT state, balance_msat, expires_at FROM sessions WHERE id = $1")
+                                .bind(hold.session_id.as_str())
+                                .fetch_optional(&mut *tx)
+                                .await?;
+                        tx.rollback().await?;
+                        let Some((state, balance, session_expires)) = row else {
+                            return Ok(HoldOutcome::NoSession);
+                        };
+                        let state = effective_state(parse_state(&state)?, session_expires, hold.now_ms);
+                        if state != SessionState::Active {
+                            return Ok(HoldOutcome::NotActive(state));
+                        }
+                        if balance < amount {
+                            return Ok(HoldOutcome::Insufficient { balance: msat(balance)? });
+                        }
+                        // The session changed between the update and the read: try again.
+                        continue;
+                    };
+                    for cap in &caps {
+                        let limit = cap.cap.to_i64()?;
+                        sqlx::query(
+                            "INSERT INTO spend_caps (key, committed_msat) VALUES ($1, 0) ON CONFLICT (key) DO NOTHING",
+                        )
+                        .bind(cap.key.as_str())
+                        .execute(&mut *tx)
+                        .await?;
+                        let committed: Option<i64> = sqlx::query_scalar(
+                            "UPDATE spend_caps SET committed_msat = committed_msat + $2 \
+                             WHERE key = $1 AND committed_msat + $2 <= $3 RETURNING committed_msat",
+                        )
+                        .bind(cap.key.as_str())
+                        .bind(amount)
+                        .bind(limit)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        if committed.is_none() {
+                            let committed: i64 =
+                                sqlx::query_scalar("SELECT committed_msat FROM spend_caps WHERE key = $1")
+                                    .bind(cap.key.as_str())
+                                    .fetch_one(&mut *tx)
+                                    .await?;
+                            tx.rollback().await?;
+                            return Ok(HoldOutcome::CapExceeded { cap: cap.cap, committed: msat(committed)? });
+                        }
+                    }
+                    sqlx::query(
+                        "INSERT INTO requests (id, session_id, model, est_input_tokens, max_output_tokens, \
+                         hold_msat, btc_usd_micros, status, stream, instance_id, cap_keys, created_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, 'held', $8, $9, $10, $11)",
+                    )
+                    .bind(hold.request_id.as_str())
+                    .bind(hold.session_id.as_str())
+                    .bind(hold.model.as_str())
+                    .bind(to_i64(hold.est_input_tokens)?)
+                    .bind(to_i64(hold.max_output_tokens)?)
+                    .bind(amount)
+                    .bind(to_i64(hold.btc_usd_micros)?)
+                    .bind(hold.stream)
+                    .bind(hold.instance_id.as_str())
+                    .bind(cap_keys.as_str())
+                    .bind(hold.now_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                    if !write_posting(&mut tx, &posting, hold.now_ms).await? {
+                        tx.rollback().await?;
+                        return Err(StoreError::Conflict(format!("request {} was held before", hold.request_id)));
+                    }
+                    tx.commit().await?;
+                    return Ok(HoldOutcome::Held { balance: msat(balance)? });
+                }
+                Err(StoreError::Conflict("the session kept changing concurrently; retry".to_owned()))
+            }
+
+            async fn settle(&self, settle: &SettleRequest) -> Result<Settled, StoreError> {
+                self.finish(Finish::Settle(settle)).await
+            }
+
+            async fn release(
+                &self,
+                request_id: &str,
+                status: RequestStatus,
+                now_ms: i64,
+                policy: &SessionPolicy,
+            ) -> Result<Settled, StoreError> {
+                self.finish(Finish::Release { request_id, status, now_ms, policy }).await
+            }
+
+            async fn request(&self, id: &str) -> Result<Option<RequestRow>, StoreError> {
+                let raw: Option<$crate::common::RequestRaw> =
+                    sqlx::query_as(concat!("SELECT ", request_columns!(), " FROM requests r WHERE r.id = $1"))
+                        .bind(id)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                raw.map(RequestRow::try_from).transpose()
+            }
+
+            async fn heartbeat(&self, instance_id: &str, now_ms: i64) -> Result<(), StoreError> {
+                let mut tx = self.begin_write().await?;
+                sqlx::query(
+                    "INSERT INTO gateway_instances (id, heartbeat_at) VALUES ($1, $2) \
+                     ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+                )
+                .bind(instance_id)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn retire_instance(&self, instance_id: &str) -> Result<(), StoreError> {
+                let mut tx = self.begin_write().await?;
+                sqlx::query("DELETE FROM gateway_instances WHERE id = $1").bind(instance_id).execute(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn abandoned_holds(&self, stale_before_ms: i64) -> Result<Vec<RequestRow>, StoreError> {
+                let raws: Vec<$crate::common::RequestRaw> = sqlx::query_as(concat!(
+                    "SELECT ",
+                    request_columns!(),
+                    " FROM requests r LEFT JOIN gateway_instances g ON g.id = r.instance_id \
+                     WHERE r.status = 'held' AND (g.id IS NULL OR g.heartbeat_at < $1) ORDER BY r.created_at, r.id"
+                ))
+                .bind(stale_before_ms)
+                .fetch_all(&self.pool)
+                .await?;
+                raws.into_iter().map(RequestRow::try_from).collect()
+            }
+
+            async fn check_ledger(&self) -> Result<LedgerReport, StoreError> {
+                // One snapshot, so concurrent writers cannot make a consistent ledger look torn.
+                let mut tx = self.begin_read().await?;
+                let transactions: i64 =
+                    sqlx::query_scalar("SELECT CAST(COUNT(*) AS BIGINT) FROM ledger_tx").fetch_one(&mut *tx).await?;
+                let unbalanced: Vec<String> = sqlx::query_scalar(
+                    "SELECT t.id FROM ledger_tx t JOIN ledger_entry e ON e.tx_id = t.id \
+                     GROUP BY t.id HAVING SUM(e.amount_msat) <> 0 ORDER BY t.id",
+                )
+                .fetch_all(&mut *tx)
+                .await?;
+                let mismatched_sessions: Vec<String> = sqlx::query_scalar(
+                    "SELECT s.id FROM sessions s \
+                     LEFT JOIN (SELECT account, SUM(amount_msat) AS total FROM ledger_entry GROUP BY account) a \
+                       ON a.account = 'session:' || s.id \
+                     LEFT JOIN (SELECT account, SUM(amount_msat) AS total FROM ledger_entry GROUP BY account) h \
+                       ON h.account = 'session:' || s.id || ':held' \
+                     WHERE s.balance_msat <> COALESCE(a.total, 0) OR s.held_msat <> COALESCE(h.total, 0) \
+                     ORDER BY s.id",
+                )
+                .fetch_all(&mut *tx)
+                .await?;
+                let (balances, held): (i64, i64) = sqlx::query_as(
+                    "SELECT CAST(COALESCE(SUM(balance_msat), 0) AS BIGINT), \
+                     CAST(COALESCE(SUM(held_msat), 0) AS BIGINT) FROM sessions",
+                )
+                .fetch_one(&mut *tx)
+                .await?;
+                let (lightning_in, revenue): (i64, i64) = sqlx::query_as(
+                    "SELECT \
+                     CAST(COALESCE(SUM(CASE WHEN account = 'lightning:in' THEN amount_msat ELSE 0 END), 0) AS BIGINT), \
+                     CAST(COALESCE(SUM(CASE WHEN account = 'revenue' THEN amount_msat ELSE 0 END), 0) AS BIGINT) \
+                     FROM ledger_entry WHERE account IN ('lightning:in', 'revenue')",
+                )
+                .fetch_one(&mut *tx)
+                .await?;
+                tx.rollback().await?;
+                let received = lightning_in.checked_neg().ok_or(StoreError::Amount(sluice_core::AmountError::Overflow))?;
+                Ok(LedgerReport {
+                    transactions: u64::try_from(transactions).unwrap_or_default(),
+                    unbalanced,
+                    mismatched_sessions,
+                    received: msat(received)?,
+                    balances: msat(balances)?,
+                    held: msat(held)?,
+                    revenue: msat(revenue)?,
+                })
+            }
+
+            async fn dev_invoice_insert(&self, invoice: &DevInvoiceRow) -> Result<(), StoreError> {
+                let mut tx = self.begin_write().await?;
+                sqlx::query(
+                    "INSERT INTO dev_invoices (payment_hash, preimage, bolt11, amount_msat, expires_at, paid_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(invoice.payment_hash.as_str())
+                .bind(invoice.preimage.as_str())
+                .bind(invoice.bolt11.as_str())
+                .bind(invoice.amount.to_i64()?)
+                .bind(invoice.expires_at_ms)
+                .bind(invoice.paid_at_ms)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn dev_invoice(&self, payment_hash: &str) -> Result<Option<DevInvoiceRow>, StoreError> {
+                let raw: Option<$crate::common::DevInvoiceRaw> = sqlx::query_as(
+                    "SELECT payment_hash, preimage, bolt11, amount_msat, expires_at, paid_at \
+                     FROM dev_invoices WHERE payment_hash = $1",
+                )
+                .bind(payment_hash)
+                .fetch_optional(&self.pool)
+                .await?;
+                raw.map(DevInvoiceRow::try_from).transpose()
+            }
+
+            async fn dev_invoice_mark_paid(&self, payment_hash: &str, paid_at_ms: i64) -> Result<bool, StoreError> {
+                let mut tx = self.begin_write().await?;
+                let changed = sqlx::query(
+                    "UPDATE dev_invoices SET paid_at = $2 WHERE payment_hash = $1 AND paid_at IS NULL",
+                )
+                .bind(payment_hash)
+                .bind(paid_at_ms)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                tx.commit().await?;
+                Ok(changed == 1)
+            }
+        }
+    };
+}
+pub(crate) use store_impl;

@@ -1,0 +1,511 @@
+//! sluice's ledger and state in SQL: one [`Store`] trait, two implementations
+//! ([`sqlite::SqliteStore`], the embedded default, and [`postgres::PgStore`],
+//! for several gateway processes on one database).
+//!
+//! Architecture invariant: only this crate talks SQL. Every movement of value
+//! is a [`sluice_core::Posting`] written in the same database transaction as
+//! the state change that caused it, under a unique idempotency key.
+//!
+//! Times are unix milliseconds (`i64`); amounts are msat (`i64` columns,
+//! never negative except the `lightning:in` ledger account).
+
+use async_trait::async_trait;
+use sluice_core::{Msat, SessionPolicy, SessionState, TokenUsage};
+
+mod common;
+pub mod postgres;
+pub mod sqlite;
+
+/// Open the store named by `url`, applying migrations: `sqlite:` URLs open
+/// [`sqlite::SqliteStore`], `postgres:` / `postgresql:` URLs [`postgres::PgStore`].
+pub async fn connect(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(std::sync::Arc::new(
+            sqlite::SqliteStore::connect(url).await?,
+        ))
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        Ok(std::sync::Arc::new(postgres::PgStore::connect(url).await?))
+    } else {
+        Err(StoreError::Database(
+            "unsupported database URL: expected sqlite:, postgres: or postgresql:".to_owned(),
+        ))
+    }
+}
+
+/// Errors from the store. Database text never reaches clients: the gateway
+/// maps [`StoreError::Database`] to a generic 500.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A row that must exist does not.
+    #[error("not found")]
+    NotFound,
+    /// A uniqueness or state precondition failed (e.g. settling a request twice).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// Amount arithmetic failed.
+    #[error(transparent)]
+    Amount(#[from] sluice_core::AmountError),
+    /// The database failed.
+    #[error("database error: {0}")]
+    Database(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            // A duplicate id or payment hash is the caller's conflict, not a database failure.
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                StoreError::Conflict("a row with this key already exists".to_owned())
+            }
+            _ => StoreError::Database(e.to_string()),
+        }
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Database(e.to_string())
+    }
+}
+
+/// What an invoice pays for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvoicePurpose {
+    /// The first deposit of a session.
+    Deposit,
+    /// A later top-up of a session.
+    Topup,
+}
+
+impl InvoicePurpose {
+    /// Stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InvoicePurpose::Deposit => "deposit",
+            InvoicePurpose::Topup => "topup",
+        }
+    }
+}
+
+/// A new invoice to record (created at the Lightning backend first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewInvoice {
+    /// Hex payment hash (primary key).
+    pub payment_hash: String,
+    /// BOLT11.
+    pub bolt11: String,
+    /// Amount.
+    pub amount: Msat,
+    /// What it pays for.
+    pub purpose: InvoicePurpose,
+    /// The session it funds.
+    pub session_id: String,
+    /// Created, unix ms.
+    pub created_at_ms: i64,
+    /// Expires, unix ms.
+    pub expires_at_ms: i64,
+}
+
+/// Stored invoice state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvoiceState {
+    /// Not paid yet.
+    Pending,
+    /// Paid and credited.
+    Settled,
+    /// Expired unpaid.
+    Expired,
+}
+
+/// A stored invoice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvoiceRow {
+    /// Hex payment hash.
+    pub payment_hash: String,
+    /// BOLT11.
+    pub bolt11: String,
+    /// Invoice amount.
+    pub amount: Msat,
+    /// What it pays for.
+    pub purpose: InvoicePurpose,
+    /// The session it funds.
+    pub session_id: String,
+    /// State.
+    pub state: InvoiceState,
+    /// Hex preimage once settled.
+    pub preimage: Option<String>,
+    /// Created, unix ms.
+    pub created_at_ms: i64,
+    /// Expires, unix ms.
+    pub expires_at_ms: i64,
+    /// Settled, unix ms.
+    pub settled_at_ms: Option<i64>,
+}
+
+/// A new session, created with its deposit invoice in one transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewSession {
+    /// Session id.
+    pub id: String,
+    /// Created, unix ms.
+    pub created_at_ms: i64,
+    /// Initial expiry (the deposit invoice's expiry; refreshed when funded).
+    pub expires_at_ms: i64,
+}
+
+/// A stored session. `balance` is what is available; `held` is in flight.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRow {
+    /// Session id.
+    pub id: String,
+    /// Stored state (see [`sluice_core::effective_state`] for expiry).
+    pub state: SessionState,
+    /// Available balance.
+    pub balance: Msat,
+    /// Held for in-flight requests.
+    pub held: Msat,
+    /// Total credited from settled invoices.
+    pub deposited: Msat,
+    /// Total charged.
+    pub spent: Msat,
+    /// Created, unix ms.
+    pub created_at_ms: i64,
+    /// Expires, unix ms (refreshed by each request and each credit).
+    pub expires_at_ms: i64,
+}
+
+/// Outcome of crediting a settled invoice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credit {
+    /// Credited now; the session's state after.
+    Credited {
+        /// The funded session.
+        session_id: String,
+        /// Its state after the credit.
+        state: SessionState,
+        /// Its balance after the credit.
+        balance: Msat,
+    },
+    /// This invoice was credited before: nothing changed.
+    AlreadyCredited,
+}
+
+/// A spend cap from an attenuated credential: all holds under `key` together
+/// may not exceed `cap` (committed = charged + currently held).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpendCap {
+    /// Stable key of the caveat (hex of the macaroon chain signature at that caveat).
+    pub key: String,
+    /// The cap.
+    pub cap: Msat,
+}
+
+/// A hold to take for a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewHold {
+    /// Request id (unique).
+    pub request_id: String,
+    /// The paying session.
+    pub session_id: String,
+    /// Public model name.
+    pub model: String,
+    /// Counted input tokens.
+    pub est_input_tokens: u64,
+    /// Maximum output tokens reserved for.
+    pub max_output_tokens: u64,
+    /// Amount to hold.
+    pub hold: Msat,
+    /// Locked BTC price, micro-USD per BTC.
+    pub btc_usd_micros: u64,
+    /// Spend caps to respect and charge against.
+    pub caps: Vec<SpendCap>,
+    /// The gateway process taking the hold (for crash reconciliation).
+    pub instance_id: String,
+    /// Whether the client asked for a stream.
+    pub stream: bool,
+    /// Now, unix ms. The session must be active and unexpired at this time.
+    pub now_ms: i64,
+    /// Session TTL: a successful hold refreshes expiry to `now + ttl`.
+    pub ttl_ms: i64,
+}
+
+/// Outcome of a hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HoldOutcome {
+    /// Held; balance after.
+    Held {
+        /// Available after the hold.
+        balance: Msat,
+    },
+    /// The available balance cannot cover the hold. Nothing changed.
+    Insufficient {
+        /// Available now.
+        balance: Msat,
+    },
+    /// The session is not active (awaiting payment, paused or expired). Nothing changed.
+    NotActive(SessionState),
+    /// A spend cap would be exceeded. Nothing changed.
+    CapExceeded {
+        /// The cap.
+        cap: Msat,
+        /// Already committed under it.
+        committed: Msat,
+    },
+    /// No such session.
+    NoSession,
+}
+
+/// How a request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestStatus {
+    /// Hold taken, upstream call in flight.
+    Held,
+    /// Completed and settled at actual cost.
+    Settled,
+    /// The client went away mid-stream; settled for what was generated.
+    ClientGone,
+    /// Upstream failed before any output: the hold was released.
+    Failed,
+    /// Found open after a crash: the hold was released.
+    Abandoned,
+}
+
+impl RequestStatus {
+    /// Stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestStatus::Held => "held",
+            RequestStatus::Settled => "settled",
+            RequestStatus::ClientGone => "client_gone",
+            RequestStatus::Failed => "failed",
+            RequestStatus::Abandoned => "abandoned",
+        }
+    }
+
+    /// Parse a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "held" => RequestStatus::Held,
+            "settled" => RequestStatus::Settled,
+            "client_gone" => RequestStatus::ClientGone,
+            "failed" => RequestStatus::Failed,
+            "abandoned" => RequestStatus::Abandoned,
+            _ => return None,
+        })
+    }
+}
+
+/// Settle a held request at its actual cost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettleRequest {
+    /// The request.
+    pub request_id: String,
+    /// Actual token counts.
+    pub usage: TokenUsage,
+    /// Actual cost at the locked price (before capping at the hold).
+    pub actual_cost: Msat,
+    /// Upstream latency (to the last byte), ms.
+    pub latency_ms: u64,
+    /// `Settled` or `ClientGone`.
+    pub status: RequestStatus,
+    /// Now, unix ms.
+    pub now_ms: i64,
+    /// Session policy (min balance decides `paused`; TTL refreshes expiry).
+    pub policy: SessionPolicy,
+}
+
+/// A settled request's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settled {
+    /// Charged (≤ hold).
+    pub charged: Msat,
+    /// Released back to the balance.
+    pub released: Msat,
+    /// Session balance after.
+    pub balance: Msat,
+    /// Session state after.
+    pub state: SessionState,
+}
+
+/// A stored request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRow {
+    /// Request id.
+    pub id: String,
+    /// Paying session.
+    pub session_id: String,
+    /// Public model name.
+    pub model: String,
+    /// Counted input tokens.
+    pub est_input_tokens: u64,
+    /// Reserved output tokens.
+    pub max_output_tokens: u64,
+    /// Held amount.
+    pub hold: Msat,
+    /// Locked BTC price, micro-USD.
+    pub btc_usd_micros: u64,
+    /// Actual input tokens (once settled).
+    pub input_tokens: Option<u64>,
+    /// Actual output tokens (once settled).
+    pub output_tokens: Option<u64>,
+    /// Charged amount (once final; 0 when released).
+    pub charged: Option<Msat>,
+    /// Cost above the hold that was not charged.
+    pub uncharged: Option<Msat>,
+    /// Upstream latency, ms.
+    pub latency_ms: Option<u64>,
+    /// Status.
+    pub status: RequestStatus,
+    /// Streamed?
+    pub stream: bool,
+    /// Gateway instance that took the hold.
+    pub instance_id: String,
+    /// Created, unix ms.
+    pub created_at_ms: i64,
+    /// Finalised, unix ms.
+    pub finished_at_ms: Option<i64>,
+}
+
+/// Result of checking the ledger against the state tables.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LedgerReport {
+    /// Number of ledger transactions.
+    pub transactions: u64,
+    /// Transactions whose legs do not sum to zero (ids).
+    pub unbalanced: Vec<String>,
+    /// Sessions whose stored balance or held amount differ from the ledger (ids).
+    pub mismatched_sessions: Vec<String>,
+    /// Total received over Lightning (minus the `lightning:in` balance).
+    pub received: Msat,
+    /// Sum of session balances.
+    pub balances: Msat,
+    /// Sum of held amounts.
+    pub held: Msat,
+    /// Revenue.
+    pub revenue: Msat,
+}
+
+impl LedgerReport {
+    /// The ledger balances and matches the state tables.
+    pub fn is_consistent(&self) -> bool {
+        self.unbalanced.is_empty()
+            && self.mismatched_sessions.is_empty()
+            && self
+                .balances
+                .checked_add(self.held)
+                .and_then(|v| v.checked_add(self.revenue))
+                .ok()
+                == Some(self.received)
+    }
+}
+
+/// A dev-wallet invoice (the dev wallet keeps its preimages here).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevInvoiceRow {
+    /// Hex payment hash.
+    pub payment_hash: String,
+    /// Hex preimage.
+    pub preimage: String,
+    /// BOLT11.
+    pub bolt11: String,
+    /// Amount.
+    pub amount: Msat,
+    /// Expires, unix ms.
+    pub expires_at_ms: i64,
+    /// Paid, unix ms.
+    pub paid_at_ms: Option<i64>,
+}
+
+/// The persistence port of the gateway.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `"sqlite"` or `"postgres"`.
+    fn dialect(&self) -> &'static str;
+
+    /// A named 32-byte secret, created from `fresh` the first time it is asked
+    /// for and the same for every process on this database afterwards.
+    async fn secret(&self, name: &str, fresh: [u8; 32]) -> Result<[u8; 32], StoreError>;
+
+    /// Create a session with its deposit invoice, atomically.
+    async fn create_session(
+        &self,
+        session: &NewSession,
+        deposit: &NewInvoice,
+    ) -> Result<(), StoreError>;
+
+    /// A session by id.
+    async fn session(&self, id: &str) -> Result<Option<SessionRow>, StoreError>;
+
+    /// Record a top-up invoice for an existing session.
+    async fn add_invoice(&self, invoice: &NewInvoice) -> Result<(), StoreError>;
+
+    /// An invoice by payment hash.
+    async fn invoice(&self, payment_hash: &str) -> Result<Option<InvoiceRow>, StoreError>;
+
+    /// Pending invoices (oldest first, at most `limit`), to look up at start and on a timer.
+    async fn pending_invoices(&self, limit: u32) -> Result<Vec<InvoiceRow>, StoreError>;
+
+    /// Credit a settled invoice to its session: the deposit posting, invoice
+    /// `settled`, session balance up, state `active` (or `paused` when still
+    /// below the minimum), expiry refreshed to `now + ttl`. Idempotent by
+    /// payment hash: a repeat returns [`Credit::AlreadyCredited`] and changes nothing.
+    async fn credit_invoice(
+        &self,
+        payment_hash: &str,
+        preimage_hex: &str,
+        now_ms: i64,
+        policy: &SessionPolicy,
+    ) -> Result<Credit, StoreError>;
+
+    /// Mark a pending invoice expired (no money moves).
+    async fn expire_invoice(&self, payment_hash: &str) -> Result<(), StoreError>;
+
+    /// Atomically take a hold: only if the session is active and unexpired at
+    /// `now`, its balance covers the hold and every cap allows it. Writes the
+    /// request row (status `held`) and the hold posting.
+    async fn hold(&self, hold: &NewHold) -> Result<HoldOutcome, StoreError>;
+
+    /// Settle a held request at `min(actual, hold)`, releasing the rest, in one
+    /// transaction. A request that is not `held` is a [`StoreError::Conflict`].
+    async fn settle(&self, settle: &SettleRequest) -> Result<Settled, StoreError>;
+
+    /// Release a held request's whole hold with `status` (`Failed` or `Abandoned`).
+    /// A request that is not `held` is a [`StoreError::Conflict`].
+    async fn release(
+        &self,
+        request_id: &str,
+        status: RequestStatus,
+        now_ms: i64,
+        policy: &SessionPolicy,
+    ) -> Result<Settled, StoreError>;
+
+    /// A request by id.
+    async fn request(&self, id: &str) -> Result<Option<RequestRow>, StoreError>;
+
+    /// Record that gateway `instance_id` is alive at `now_ms`.
+    async fn heartbeat(&self, instance_id: &str, now_ms: i64) -> Result<(), StoreError>;
+
+    /// Forget a gateway instance (graceful shutdown).
+    async fn retire_instance(&self, instance_id: &str) -> Result<(), StoreError>;
+
+    /// Held requests whose gateway instance has not sent a heartbeat since
+    /// `stale_before_ms` (or never did): abandoned by a crash.
+    async fn abandoned_holds(&self, stale_before_ms: i64) -> Result<Vec<RequestRow>, StoreError>;
+
+    /// Check every ledger transaction balances and every session's stored
+    /// balance and held amount equal what the ledger derives.
+    async fn check_ledger(&self) -> Result<LedgerReport, StoreError>;
+
+    /// Record a dev-wallet invoice.
+    async fn dev_invoice_insert(&self, invoice: &DevInvoiceRow) -> Result<(), StoreError>;
+
+    /// A dev-wallet invoice by hex payment hash.
+    async fn dev_invoice(&self, payment_hash: &str) -> Result<Option<DevInvoiceRow>, StoreError>;
+
+    /// Mark a dev-wallet invoice paid; false if it was already paid (or unknown).
+    async fn dev_invoice_mark_paid(
+        &self,
+        payment_hash: &str,
+        paid_at_ms: i64,
+    ) -> Result<bool, StoreError>;
+}

@@ -1,0 +1,135 @@
+//! The store conformance suite: every case in `conformance/cases.rs` runs once
+//! against SQLite (a temporary file per test) and once against PostgreSQL (a
+//! fresh schema per test in the database at `SLUICE_TEST_PG_URL`, default
+//! `postgres://postgres@127.0.0.1:5432/test`; the PostgreSQL tests fail, never
+//! skip, when it is unreachable).
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod conformance {
+    pub mod cases;
+    pub mod harness;
+}
+
+/// Expand every case as a `#[tokio::test]` for one backend.
+macro_rules! conformance_suite {
+    ($backend:ident: $($case:ident),* $(,)?) => {
+        mod $backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    use futures::FutureExt as _;
+                    let db = crate::conformance::harness::TestDb::$backend().await;
+                    // Clean up (drop the PostgreSQL schema) even when the case fails.
+                    let outcome = std::panic::AssertUnwindSafe(crate::conformance::cases::$case(&db))
+                        .catch_unwind()
+                        .await;
+                    db.cleanup().await;
+                    if let Err(panic) = outcome {
+                        std::panic::resume_unwind(panic);
+                    }
+                }
+            )*
+        }
+    };
+}
+
+/// The list of cases, once, for both backends.
+macro_rules! all_cases {
+    ($backend:ident) => {
+        conformance_suite!($backend:
+            session_create_and_get,
+            credit_is_idempotent,
+            concurrent_credits_credit_once,
+            credit_of_unknown_invoice_is_not_found,
+            topup_resumes_a_paused_session,
+            an_expired_session_revives_when_money_arrives,
+            hold_refused_while_awaiting_payment,
+            hold_refused_when_insufficient,
+            hold_refused_when_expired,
+            hold_refused_when_paused,
+            spend_caps_limit_holds,
+            settle_charges_at_most_the_hold,
+            settling_twice_is_a_conflict,
+            concurrent_settles_settle_once,
+            release_returns_the_whole_hold,
+            settling_an_expired_session_keeps_it_expired,
+            abandoned_holds_follow_heartbeats,
+            pending_invoices_and_expiry,
+            ledger_is_consistent_after_a_workload_and_notices_tampering,
+            concurrent_holds_never_overdraw,
+            secret_is_stable,
+            dev_invoices,
+            concurrent_opens_migrate_once,
+        );
+    };
+}
+
+all_cases!(sqlite);
+all_cases!(postgres);
+
+/// `sluice_store::connect` picks the backend from the URL scheme.
+mod dispatch {
+    use crate::conformance::harness::{DEFAULT_PG_URL, NOW, funded, hold, is_held, policy};
+    use sluice_store::postgres::PgStore;
+
+    #[tokio::test]
+    async fn in_memory_sqlite_works_end_to_end() {
+        let store = sluice_store::connect("sqlite::memory:").await.unwrap();
+        assert_eq!(store.dialect(), "sqlite");
+        funded(&*store, "s1", 20_000).await;
+        assert!(is_held(
+            &store.hold(&hold("s1", "r1", 5_000)).await.unwrap()
+        ));
+        store
+            .release("r1", sluice_store::RequestStatus::Failed, NOW, &policy())
+            .await
+            .unwrap();
+        store.expire_invoice("dep-s1").await.unwrap();
+        assert!(store.check_ledger().await.unwrap().is_consistent());
+    }
+
+    #[tokio::test]
+    async fn sqlite_file_urls_create_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new.db");
+        let store = sluice_store::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        assert!(path.exists());
+        store.heartbeat("gw", NOW).await.unwrap();
+        drop(store);
+        // Reopening finds the data.
+        let store = sluice_store::connect(&format!("sqlite:{}", path.display()))
+            .await
+            .unwrap();
+        assert!(store.abandoned_holds(NOW).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn postgres_urls_open_postgres() {
+        let base =
+            std::env::var("SLUICE_TEST_PG_URL").unwrap_or_else(|_| DEFAULT_PG_URL.to_owned());
+        // Keep the connect inside a private schema so the shared database stays clean.
+        let (isolated, schema) = PgStore::connect_isolated(&base).await.unwrap_or_else(|e| {
+            panic!("PostgreSQL at {base} unreachable: {e}; set SLUICE_TEST_PG_URL")
+        });
+        let sep = if base.contains('?') { '&' } else { '?' };
+        for scheme_url in [
+            base.clone(),
+            base.replacen("postgres://", "postgresql://", 1),
+        ] {
+            let url = format!("{scheme_url}{sep}options=-c%20search_path%3D{schema}");
+            let store = sluice_store::connect(&url).await.unwrap();
+            assert_eq!(store.dialect(), "postgres");
+            assert_eq!(store.secret("k", [3; 32]).await.unwrap(), [3; 32]);
+        }
+        isolated.cleanup().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn other_schemes_are_refused() {
+        let r = sluice_store::connect("mysql://localhost/db").await;
+        assert!(matches!(r, Err(sluice_store::StoreError::Database(_))));
+    }
+}
