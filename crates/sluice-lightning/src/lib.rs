@@ -1,0 +1,174 @@
+//! The Lightning port and its adapters.
+//!
+//! [`Lightning`] is what the gateway needs from a Lightning backend: create an
+//! invoice, look one up, pay one, and hear about settlements as they happen.
+//! Adapters: [`dev::DevWallet`] (the embedded default: real BOLT11 invoices
+//! signed by a local key, **not real money**) and [`lnbits::LnBits`].
+//! [`bolt11::decode`] reads an invoice (hash, amount, expiry, payee) without
+//! paying it.
+//!
+//! Settlement events are a hint for speed, not the source of truth: the
+//! gateway also looks up every pending invoice at start and on a timer, so an
+//! invoice settled while the gateway was down or while a webhook was lost is
+//! still credited (exactly once: crediting is idempotent in the store).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sluice_core::Msat;
+
+pub mod bolt11;
+pub mod dev;
+pub mod lnbits;
+
+/// A 32-byte payment hash, hex-encoded lowercase in every wire and store form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PaymentHash(pub [u8; 32]);
+
+impl PaymentHash {
+    /// Lowercase hex.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// Parse 64 hex characters.
+    pub fn from_hex(s: &str) -> Result<Self, LightningError> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out)
+            .map_err(|_| LightningError::InvalidInvoice(format!("bad payment hash {s:?}")))?;
+        Ok(PaymentHash(out))
+    }
+}
+
+/// A 32-byte preimage; `sha256(preimage) == payment_hash`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Preimage(pub [u8; 32]);
+
+impl Preimage {
+    /// Lowercase hex.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// Parse 64 hex characters.
+    pub fn from_hex(s: &str) -> Result<Self, LightningError> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out)
+            .map_err(|_| LightningError::Backend("bad preimage from backend".into()))?;
+        Ok(Preimage(out))
+    }
+
+    /// The payment hash this preimage opens.
+    pub fn payment_hash(&self) -> PaymentHash {
+        use sha2::Digest;
+        PaymentHash(sha2::Sha256::digest(self.0).into())
+    }
+}
+
+impl std::fmt::Debug for Preimage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Preimage(..)")
+    }
+}
+
+/// An invoice the backend created for us.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invoice {
+    /// The BOLT11 string.
+    pub bolt11: String,
+    /// Its payment hash.
+    pub payment_hash: PaymentHash,
+    /// Its amount.
+    pub amount: Msat,
+    /// Unix seconds after which it can no longer be paid.
+    pub expires_at: u64,
+}
+
+/// The state of an invoice we created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvoiceStatus {
+    /// Not paid yet and not expired.
+    Pending,
+    /// Paid; the preimage proves it.
+    Settled {
+        /// The preimage.
+        preimage: Preimage,
+        /// The amount received (may exceed the invoice amount for some backends).
+        amount: Msat,
+    },
+    /// Past its expiry without payment.
+    Expired,
+}
+
+/// A payment we made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Payment {
+    /// The hash paid.
+    pub payment_hash: PaymentHash,
+    /// The preimage received, proof of payment.
+    pub preimage: Preimage,
+    /// Routing fee paid.
+    pub fee: Msat,
+}
+
+/// An invoice settled (pushed by the backend or found by a lookup).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    /// The invoice's hash.
+    pub payment_hash: PaymentHash,
+    /// Its preimage.
+    pub preimage: Preimage,
+    /// The amount received.
+    pub amount: Msat,
+}
+
+/// Errors from a Lightning backend.
+#[derive(Debug, thiserror::Error)]
+pub enum LightningError {
+    /// The invoice is malformed, foreign or otherwise unusable here.
+    #[error("invalid invoice: {0}")]
+    InvalidInvoice(String),
+    /// The backend does not know this invoice.
+    #[error("invoice not found")]
+    NotFound,
+    /// The invoice was already paid.
+    #[error("invoice already paid")]
+    AlreadyPaid,
+    /// The invoice has expired.
+    #[error("invoice expired")]
+    Expired,
+    /// Not enough funds to pay.
+    #[error("insufficient balance")]
+    InsufficientBalance,
+    /// The backend failed or could not be reached.
+    #[error("lightning backend error: {0}")]
+    Backend(String),
+}
+
+/// What the gateway needs from a Lightning backend.
+#[async_trait]
+pub trait Lightning: Send + Sync {
+    /// A short name: `"dev"`, `"lnbits"`.
+    fn name(&self) -> &'static str;
+
+    /// False for the dev wallet: its sats are not real money.
+    fn is_real_money(&self) -> bool;
+
+    /// Create an invoice for `amount` with `memo`, payable for `expiry`.
+    async fn create_invoice(
+        &self,
+        amount: Msat,
+        memo: &str,
+        expiry: Duration,
+    ) -> Result<Invoice, LightningError>;
+
+    /// Look up an invoice this backend created.
+    async fn lookup_invoice(&self, hash: &PaymentHash) -> Result<InvoiceStatus, LightningError>;
+
+    /// Pay a BOLT11 invoice, spending at most `max_fee` on routing.
+    async fn pay_invoice(&self, bolt11: &str, max_fee: Msat) -> Result<Payment, LightningError>;
+
+    /// A stream of settlements of invoices this backend created. Events may be
+    /// missed (lagging receiver, lost webhook); callers also poll.
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Settled>;
+}

@@ -1,0 +1,19 @@
+//! One conformance suite for the Lightning port, run against every backend:
+//! the generic checks live in `conformance/suite.rs` and are expanded per
+//! backend by [`lightning_conformance!`]; backend-specific tests sit next to
+//! each backend's fixture.
+//!
+//! LNbits tests need a running LNbits: `scripts/lnbits.sh start`, then load
+//! the env file it prints (`SLUICE_TEST_LNBITS_URL`,
+//! `SLUICE_TEST_LNBITS_ADMIN_TOKEN`). Without them those tests fail.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "conformance/suite.rs"]
+#[macro_use]
+mod suite;
+
+#[path = "conformance/dev.rs"]
+mod dev;
+
+#[path = "conformance/lnbits.rs"]
+mod lnbits;

@@ -1,0 +1,240 @@
+//! The generic checks every Lightning backend must pass, and the macro that
+//! expands them into named tests for one backend.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use bitcoin::hashes::Hash as _;
+use lightning_invoice::SignedRawBolt11Invoice;
+use sluice_core::Msat;
+use sluice_lightning::{
+    Invoice, InvoiceStatus, Lightning, LightningError, Payment, PaymentHash, Settled,
+};
+use tokio::sync::broadcast;
+use tokio::sync::broadcast::error::RecvError;
+
+/// How long any check waits for something that should happen promptly.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A backend under test plus a way to pay its invoices.
+pub trait Fixture: Send + Sync {
+    /// The backend under test (the receiving side).
+    fn backend(&self) -> &dyn Lightning;
+    /// Pay `bolt11` from the fixture's payer (the backend itself for the dev
+    /// wallet; another wallet for real backends).
+    fn pay(&self, bolt11: &str) -> impl Future<Output = Result<Payment, LightningError>> + Send;
+    /// The shortest expiry the backend handles reliably.
+    fn short_expiry(&self) -> Duration;
+}
+
+/// The amount the checks use: whole sats, as every backend must accept.
+pub const AMOUNT: Msat = Msat::from_msat(21_000);
+
+/// Wait for the settlement of `hash` on `rx`, skipping other events and lag.
+pub async fn wait_settled(rx: &mut broadcast::Receiver<Settled>, hash: PaymentHash) -> Settled {
+    let wait = async {
+        loop {
+            match rx.recv().await {
+                Ok(s) if s.payment_hash == hash => return s,
+                Ok(_) | Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => panic!("settlement channel closed"),
+            }
+        }
+    };
+    tokio::time::timeout(PATIENCE, wait)
+        .await
+        .expect("no settlement event within the patience window")
+}
+
+/// Look `hash` up until `done` accepts the status, or panic after [`PATIENCE`].
+pub async fn lookup_until(
+    backend: &dyn Lightning,
+    hash: &PaymentHash,
+    what: &str,
+    done: impl Fn(&InvoiceStatus) -> bool,
+) -> InvoiceStatus {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let status = backend.lookup_invoice(hash).await.unwrap();
+        if done(&status) {
+            return status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "invoice never became {what}; last status {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn invoice<F: Fixture>(f: &F, memo: &str) -> Invoice {
+    f.backend()
+        .create_invoice(AMOUNT, memo, Duration::from_secs(600))
+        .await
+        .unwrap()
+}
+
+pub async fn created_invoice_is_pending_and_decodes<F: Fixture>(f: F) {
+    let inv = f
+        .backend()
+        .create_invoice(AMOUNT, "conformance: decode", Duration::from_secs(600))
+        .await
+        .unwrap();
+    assert_eq!(
+        f.backend().lookup_invoice(&inv.payment_hash).await.unwrap(),
+        InvoiceStatus::Pending
+    );
+    assert_eq!(inv.amount, AMOUNT);
+
+    // Decoded with lightning-invoice's raw parser: LNbits' FakeWallet omits
+    // the feature bits the strict parser insists on.
+    let signed = SignedRawBolt11Invoice::from_str(&inv.bolt11).expect("the bolt11 must decode");
+    assert!(signed.check_signature(), "the bolt11 signature must verify");
+    let raw = signed.raw_invoice();
+    assert_eq!(raw.amount_pico_btc(), Some(AMOUNT.msat() * 10));
+    assert_eq!(
+        raw.payment_hash().unwrap().0.to_byte_array(),
+        inv.payment_hash.0
+    );
+    assert_eq!(raw.expiry_time().unwrap().as_seconds(), 600);
+    assert_eq!(inv.expires_at, raw.data.timestamp.as_unix_timestamp() + 600);
+    assert_eq!(
+        raw.description().unwrap().to_string(),
+        "conformance: decode"
+    );
+}
+
+pub async fn paying_settles_with_the_preimage<F: Fixture>(f: F) {
+    let inv = invoice(&f, "conformance: pay").await;
+    let payment = f.pay(&inv.bolt11).await.unwrap();
+    assert_eq!(payment.payment_hash, inv.payment_hash);
+    assert_eq!(
+        payment.preimage.payment_hash(),
+        inv.payment_hash,
+        "sha256(preimage) must be the payment hash"
+    );
+    match f.backend().lookup_invoice(&inv.payment_hash).await.unwrap() {
+        InvoiceStatus::Settled { preimage, amount } => {
+            assert_eq!(preimage, payment.preimage);
+            assert_eq!(amount, AMOUNT);
+        }
+        other => panic!("expected settled, got {other:?}"),
+    }
+}
+
+pub async fn settlement_is_announced_to_subscribers<F: Fixture>(f: F) {
+    let mut rx = f.backend().subscribe();
+    let inv = invoice(&f, "conformance: subscribe").await;
+    let payment = f.pay(&inv.bolt11).await.unwrap();
+    let settled = wait_settled(&mut rx, inv.payment_hash).await;
+    assert_eq!(settled.preimage, payment.preimage);
+    assert_eq!(settled.amount, AMOUNT);
+}
+
+pub async fn paying_twice_fails<F: Fixture>(f: F) {
+    let inv = invoice(&f, "conformance: twice").await;
+    f.pay(&inv.bolt11).await.unwrap();
+    let again = f.pay(&inv.bolt11).await;
+    assert!(
+        matches!(again, Err(LightningError::AlreadyPaid)),
+        "second payment: {again:?}"
+    );
+}
+
+pub async fn concurrent_payments_settle_once<F: Fixture>(f: F) {
+    let inv = invoice(&f, "conformance: race").await;
+    let (a, b) = tokio::join!(f.pay(&inv.bolt11), f.pay(&inv.bolt11));
+    let loser = match (&a, &b) {
+        (Ok(_), Err(e)) | (Err(e), Ok(_)) => e,
+        _ => panic!("exactly one of two racing payments must succeed: {a:?} / {b:?}"),
+    };
+    assert!(
+        matches!(loser, LightningError::AlreadyPaid),
+        "the losing payment: {loser:?}"
+    );
+    assert!(matches!(
+        f.backend().lookup_invoice(&inv.payment_hash).await.unwrap(),
+        InvoiceStatus::Settled { .. }
+    ));
+}
+
+pub async fn unknown_hash_is_not_found<F: Fixture>(f: F) {
+    let hash = PaymentHash(rand::random());
+    let got = f.backend().lookup_invoice(&hash).await;
+    assert!(
+        matches!(got, Err(LightningError::NotFound)),
+        "unknown hash: {got:?}"
+    );
+}
+
+pub async fn short_expiry_becomes_expired_and_unpayable<F: Fixture>(f: F) {
+    let inv = f
+        .backend()
+        .create_invoice(AMOUNT, "conformance: expiry", f.short_expiry())
+        .await
+        .unwrap();
+    lookup_until(f.backend(), &inv.payment_hash, "expired", |s| {
+        *s == InvoiceStatus::Expired
+    })
+    .await;
+    let paid = f.pay(&inv.bolt11).await;
+    assert!(
+        matches!(paid, Err(LightningError::Expired)),
+        "paying an expired invoice: {paid:?}"
+    );
+    assert_eq!(
+        f.backend().lookup_invoice(&inv.payment_hash).await.unwrap(),
+        InvoiceStatus::Expired
+    );
+}
+
+pub async fn absent_subscriber_does_not_lose_the_lookup_truth<F: Fixture>(f: F) {
+    // Nobody listens while the invoice is paid (an event may be dropped)...
+    let inv = invoice(&f, "conformance: nobody listening").await;
+    let payment = f.pay(&inv.bolt11).await.unwrap();
+    // ...but a lookup still tells the truth...
+    let status = lookup_until(f.backend(), &inv.payment_hash, "settled", |s| {
+        matches!(s, InvoiceStatus::Settled { .. })
+    })
+    .await;
+    assert_eq!(
+        status,
+        InvoiceStatus::Settled {
+            preimage: payment.preimage,
+            amount: AMOUNT
+        }
+    );
+    // ...and a subscriber arriving afterwards still hears later settlements.
+    let mut rx = f.backend().subscribe();
+    let next = invoice(&f, "conformance: listening again").await;
+    f.pay(&next.bolt11).await.unwrap();
+    assert_eq!(
+        wait_settled(&mut rx, next.payment_hash).await.amount,
+        AMOUNT
+    );
+}
+
+/// Expand every generic check into a `#[tokio::test]` for the backend that
+/// `$setup().await` builds (an `impl Fixture`).
+macro_rules! lightning_conformance {
+    ($setup:path) => {
+        lightning_conformance!(@checks $setup;
+            created_invoice_is_pending_and_decodes,
+            paying_settles_with_the_preimage,
+            settlement_is_announced_to_subscribers,
+            paying_twice_fails,
+            concurrent_payments_settle_once,
+            unknown_hash_is_not_found,
+            short_expiry_becomes_expired_and_unpayable,
+            absent_subscriber_does_not_lose_the_lookup_truth,
+        );
+    };
+    (@checks $setup:path; $($check:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $check() {
+                $crate::suite::$check($setup().await).await;
+            }
+        )*
+    };
+}
