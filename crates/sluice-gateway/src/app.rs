@@ -1,0 +1,238 @@
+//! The router (`app`) apart from serving (`serve`), so tests and the
+//! simulator can run many gateways in one process.
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use axum::{
+    Json, Router,
+    extract::{DefaultBodyLimit, State, rejection::JsonRejection},
+    http::{HeaderName, Request, StatusCode},
+    middleware,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tower_http::{
+    catch_panic::CatchPanicLayer,
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    sensitive_headers::SetSensitiveRequestHeadersLayer,
+    trace::TraceLayer,
+};
+
+use crate::{chat, error::ApiError, ratelimit, sessions, state::AppState};
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The gateway's HTTP API.
+pub fn app(state: AppState, max_body_bytes: usize) -> Router {
+    let public = Router::new()
+        .route("/v1/sessions", post(sessions::create))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            ratelimit::limit,
+        ));
+    let mut router = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/v1/models", get(models))
+        .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/sessions/{id}", get(sessions::get))
+        .route("/v1/sessions/{id}/topup", post(sessions::topup))
+        .merge(public);
+    if state.lnbits.is_some() {
+        router = router.merge(
+            Router::new()
+                .route("/v1/lightning/lnbits/webhook", post(lnbits_webhook))
+                .route_layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    ratelimit::limit,
+                )),
+        );
+    }
+    if state.dev_wallet.is_some() {
+        router = router.merge(
+            Router::new()
+                .route("/v1/dev/pay", post(dev_pay))
+                .route_layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    ratelimit::limit,
+                )),
+        );
+    }
+    router
+        .fallback(not_found)
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+                let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
+                // The path only: query strings and bodies may carry prompts or secrets.
+                tracing::info_span!("http", request_id = %id, method = %req.method(), path = %req.uri().path())
+            }),
+        )
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(SetSensitiveRequestHeadersLayer::new([axum::http::header::AUTHORIZATION]))
+        .layer(CatchPanicLayer::custom(|_| ApiError::internal(&"handler panicked").into_response()))
+}
+
+/// Serve `app` on `listener` until `shutdown` resolves, then wait for
+/// in-flight settlements and background loops to finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    max_body_bytes: usize,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    // Say this process is alive before it takes any hold, so no other
+    // process's reconciler can mistake its first holds for abandoned ones.
+    if let Err(e) = state
+        .store
+        .heartbeat(&state.instance_id, crate::state::now_ms())
+        .await
+    {
+        tracing::error!(error = %e, "first heartbeat failed");
+    }
+    crate::background::spawn(&state);
+    let router = app(state.clone(), max_body_bytes);
+    let stop = state.shutdown.clone();
+    let result = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        tokio::select! {
+            _ = shutdown => {},
+            _ = stop.cancelled() => {},
+        }
+    })
+    .await;
+    state.shutdown.cancel();
+    state.tasks.close();
+    if tokio::time::timeout(Duration::from_secs(30), state.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("background work still running after 30 s; stopping anyway");
+    }
+    result
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("not_found", "no such endpoint")
+}
+
+async fn healthz(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({
+        "status": "ok",
+        "database": state.store.dialect(),
+        "lightning": state.lightning.name(),
+        "real_money": state.lightning.is_real_money(),
+    }))
+}
+
+async fn models(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let (btc, source) = state.oracle.btc_usd().await;
+    let mut data = Vec::new();
+    for m in state.models.values() {
+        let (i, o) = m
+            .rates
+            .per_mtok_msat(btc)
+            .map_err(|e| ApiError::internal(&e))?;
+        data.push(json!({
+            "id": m.name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "sluice",
+            "pricing": {
+                "input_msat_per_mtok": i.msat(),
+                "output_msat_per_mtok": o.msat(),
+                "input_sats_per_mtok": i.to_sats_ceil(),
+                "output_sats_per_mtok": o.to_sats_ceil(),
+                "minimum_charge_msat": sluice_core::MIN_CHARGE.msat(),
+            },
+            "max_output_tokens": m.budget.max_output,
+            "default_max_tokens": m.budget.default_max_output,
+            "context_length": m.budget.context_length,
+        }));
+    }
+    Ok(Json(json!({
+        "object": "list",
+        "data": data,
+        "btc_usd": sluice_core::UsdMicros(btc.micros()).to_decimal_string(),
+        "btc_usd_source": format!("{source:?}").to_lowercase(),
+    })))
+}
+
+/// `POST /v1/lightning/lnbits/webhook`: LNbits says an invoice settled. The body
+/// is only a hint: the invoice is looked up before anything is credited. The
+/// answer comes at once and the look-up runs after it, because LNbits waits
+/// for the answer before it will answer the look-up.
+async fn lnbits_webhook(State(state): State<AppState>, body: axum::body::Bytes) -> StatusCode {
+    let Some(ln) = state.lnbits.clone() else {
+        return StatusCode::NOT_FOUND;
+    };
+    let s = state.clone();
+    state.tasks.spawn(async move {
+        match ln.handle_webhook(&body).await {
+            Ok(Some(settled)) => {
+                crate::background::credit(&s, &settled.payment_hash, &settled.preimage.to_hex())
+                    .await;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "an LNbits webhook could not be checked"),
+        }
+    });
+    StatusCode::ACCEPTED
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PayBody {
+    bolt11: String,
+}
+
+/// `POST /v1/dev/pay`: pay a dev-wallet invoice (mounted only with the dev wallet).
+async fn dev_pay(
+    State(state): State<AppState>,
+    body: Result<Json<PayBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(b) = body?;
+    let Some(wallet) = &state.dev_wallet else {
+        return Err(ApiError::not_found("not_found", "no such endpoint"));
+    };
+    use sluice_lightning::{Lightning, LightningError as E};
+    match wallet
+        .pay_invoice(b.bolt11.trim(), sluice_core::Msat::ZERO)
+        .await
+    {
+        Ok(p) => {
+            // Credit now rather than waiting for the settlement event, so the caller sees it at once.
+            crate::background::credit(&state, &p.payment_hash, &p.preimage.to_hex()).await;
+            Ok((
+                StatusCode::OK,
+                Json(json!({
+                    "payment_hash": p.payment_hash.to_hex(),
+                    "preimage": p.preimage.to_hex(),
+                    "real_money": false,
+                    "warning": "dev wallet: NOT real money",
+                })),
+            )
+                .into_response())
+        }
+        Err(E::InvalidInvoice(m)) => Err(ApiError::bad_request("invalid_invoice", m)),
+        Err(E::AlreadyPaid) => Err(ApiError::bad_request(
+            "invoice_already_paid",
+            "this invoice is already paid",
+        )),
+        Err(E::Expired) => Err(ApiError::bad_request(
+            "invoice_expired",
+            "this invoice has expired",
+        )),
+        Err(E::NotFound) => Err(ApiError::bad_request(
+            "invalid_invoice",
+            "the dev wallet did not issue this invoice",
+        )),
+        Err(e) => Err(ApiError::internal(&e)),
+    }
+}

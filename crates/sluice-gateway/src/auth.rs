@@ -1,0 +1,78 @@
+//! Bearer macaroon authentication for sessions.
+
+use axum::http::{HeaderMap, header};
+use sluice_proto::macaroon::{self, Macaroon, MacaroonError, SessionClaims};
+
+use crate::{error::ApiError, state::AppState};
+
+/// An authenticated session credential.
+#[derive(Debug, Clone)]
+pub struct SessionAuth {
+    /// The session it opens.
+    pub session_id: String,
+    /// Its verified caveats.
+    pub claims: SessionClaims,
+}
+
+/// The bearer token from `Authorization`.
+fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let h = headers.get(header::AUTHORIZATION).ok_or_else(|| {
+        ApiError::unauthorized(
+            "missing_credential",
+            "missing Authorization: Bearer <macaroon>; create a session with POST /v1/sessions",
+        )
+    })?;
+    let s = h.to_str().map_err(|_| {
+        ApiError::unauthorized("invalid_credential", "malformed Authorization header")
+    })?;
+    let (scheme, token) = s.split_once(' ').unwrap_or((s, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(ApiError::unauthorized(
+            "invalid_credential",
+            "expected Authorization: Bearer <macaroon>",
+        ));
+    }
+    Ok(token.trim())
+}
+
+fn map_err(e: MacaroonError) -> ApiError {
+    match e {
+        MacaroonError::Expired { .. } => {
+            ApiError::unauthorized("credential_expired", "this credential has expired")
+        }
+        other => {
+            ApiError::unauthorized("invalid_credential", format!("invalid credential: {other}"))
+        }
+    }
+}
+
+/// Verify the request's session macaroon at `now_unix`.
+pub fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    now_unix: u64,
+) -> Result<SessionAuth, ApiError> {
+    let token = bearer(headers)?;
+    let m = Macaroon::from_base64(token).map_err(map_err)?;
+    let session_id = macaroon::session_id_of(&m).map_err(map_err)?;
+    let root = macaroon::session_root_key(&state.root_secret, &session_id);
+    let claims = macaroon::verify_session_macaroon(&m, &root, now_unix).map_err(map_err)?;
+    Ok(SessionAuth { session_id, claims })
+}
+
+/// Authenticate and require the credential to be for `session_id`.
+pub fn authenticate_for(
+    state: &AppState,
+    headers: &HeaderMap,
+    session_id: &str,
+    now_unix: u64,
+) -> Result<SessionAuth, ApiError> {
+    let auth = authenticate(state, headers, now_unix)?;
+    if auth.session_id != session_id {
+        return Err(ApiError::forbidden(
+            "session_mismatch",
+            "this credential belongs to another session",
+        ));
+    }
+    Ok(auth)
+}

@@ -1,0 +1,490 @@
+//! `POST /v1/chat/completions`: authenticate → estimate → hold → call the
+//! upstream → settle at actual → respond with the cost.
+//!
+//! The upstream call and its settlement run in a tracked task, not in the
+//! handler's future: if the client goes away the work is still settled, and
+//! shutdown waits for it. Failure rules:
+//! - the upstream fails before any output: the whole hold is released (502/504);
+//! - the client disconnects mid-stream: charged for the tokens generated until
+//!   the gateway noticed, never above the hold;
+//! - the gateway dies mid-request: the hold is released at the next start by
+//!   the reconciler (see `background.rs`).
+
+use std::{sync::Arc, time::Instant};
+
+use axum::{
+    Json,
+    body::Body,
+    extract::{State, rejection::JsonRejection},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use sluice_core::{BtcUsd, EstimateError, Msat, TokenUsage, charge_for, output_budget, reserve};
+use sluice_store::{HoldOutcome, NewHold, RequestStatus, SettleRequest, Settled, SpendCap};
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use crate::{
+    auth::authenticate,
+    error::ApiError,
+    request::ChatBody,
+    state::{AppState, ModelEntry, new_id, now_ms},
+    tokens,
+    upstream::{ChatCall, ChunkStream, Upstream, UpstreamError, chunk_text, usage_of},
+};
+
+/// Everything needed to settle one request.
+struct Meter {
+    state: AppState,
+    request_id: String,
+    public_model: String,
+    rates: sluice_core::ModelRates,
+    tokenizer: crate::config::TokenizerKind,
+    btc: BtcUsd,
+    hold: Msat,
+    input_estimate: u64,
+    upstream: Arc<dyn Upstream>,
+    started: Instant,
+}
+
+impl Meter {
+    fn count_output(&self, text: &str) -> u64 {
+        self.upstream
+            .count_completion(text)
+            .unwrap_or_else(|| tokens::count_text(self.tokenizer, text))
+    }
+
+    async fn settle(&self, usage: TokenUsage, status: RequestStatus) -> Result<Settled, ApiError> {
+        let actual =
+            charge_for(&self.rates, usage, self.btc).map_err(|e| ApiError::internal(&e))?;
+        let s = self
+            .state
+            .store
+            .settle(&SettleRequest {
+                request_id: self.request_id.clone(),
+                usage,
+                actual_cost: actual,
+                latency_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                status,
+                now_ms: now_ms(),
+                policy: self.state.policy,
+            })
+            .await?;
+        tracing::info!(
+            request_id = %self.request_id,
+            input_tokens = usage.input,
+            output_tokens = usage.output,
+            charged_msat = s.charged.msat(),
+            released_msat = s.released.msat(),
+            status = status.as_str(),
+            "request settled"
+        );
+        Ok(s)
+    }
+
+    async fn release(&self, why: &UpstreamError) {
+        tracing::warn!(request_id = %self.request_id, error = %why, "upstream failed before output; releasing the hold");
+        if let Err(e) = self
+            .state
+            .store
+            .release(
+                &self.request_id,
+                RequestStatus::Failed,
+                now_ms(),
+                &self.state.policy,
+            )
+            .await
+        {
+            tracing::error!(request_id = %self.request_id, error = %e, "could not release a hold");
+        }
+    }
+
+    /// The `sluice` receipt object added to responses.
+    fn receipt(&self, usage: TokenUsage, s: &Settled) -> Value {
+        json!({
+            "request_id": self.request_id,
+            "input_tokens_estimated": self.input_estimate,
+            "hold_msat": self.hold.msat(),
+            "cost_msat": s.charged.msat(),
+            "released_msat": s.released.msat(),
+            "balance_msat": s.balance.msat(),
+            "btc_usd": sluice_core::UsdMicros(self.btc.micros()).to_decimal_string(),
+            "input_tokens": usage.input,
+            "output_tokens": usage.output,
+            "real_money": self.state.lightning.is_real_money(),
+        })
+    }
+}
+
+fn usage_json(usage: TokenUsage, cost: Msat) -> Value {
+    json!({
+        "prompt_tokens": usage.input,
+        "completion_tokens": usage.output,
+        "total_tokens": usage.input + usage.output,
+        "cost_msat": cost.msat(),
+    })
+}
+
+fn upstream_error(e: &UpstreamError) -> ApiError {
+    match e {
+        UpstreamError::Timeout => {
+            ApiError::upstream_timeout("the model's upstream timed out; nothing was charged")
+        }
+        UpstreamError::Unreachable(_) => ApiError::upstream(
+            "upstream_unreachable",
+            "the model's upstream could not be reached; nothing was charged",
+        ),
+        UpstreamError::Status(s) => ApiError::upstream(
+            "upstream_error",
+            format!("the model's upstream answered HTTP {s}; nothing was charged"),
+        ),
+        UpstreamError::Protocol(_) => ApiError::upstream(
+            "upstream_error",
+            "the model's upstream sent an invalid answer; nothing was charged",
+        ),
+    }
+}
+
+fn estimate_error(e: EstimateError) -> ApiError {
+    match e {
+        EstimateError::Price(p) => ApiError::internal(&p),
+        EstimateError::ContextExceeded { .. } => {
+            ApiError::bad_request("context_length_exceeded", e.to_string())
+        }
+        other => ApiError::bad_request("invalid_max_tokens", other.to_string()),
+    }
+}
+
+fn header_value(v: impl ToString) -> HeaderValue {
+    HeaderValue::from_str(&v.to_string()).unwrap_or(HeaderValue::from_static("0"))
+}
+
+/// The handler.
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let now = now_ms();
+    let auth = authenticate(&state, &headers, u64::try_from(now / 1000).unwrap_or(0))?;
+    let Json(v) = body?;
+    let req = ChatBody::parse(v)?;
+    let model: &ModelEntry = state.models.get(&req.model).ok_or_else(|| {
+        ApiError::not_found(
+            "model_not_found",
+            format!(
+                "model {:?} is not offered here; GET /v1/models lists the models for sale",
+                req.model
+            ),
+        )
+    })?;
+    if let Some(allowed) = &auth.claims.models
+        && !allowed.iter().any(|m| m == &req.model)
+    {
+        return Err(ApiError::forbidden(
+            "model_not_allowed",
+            format!("this credential may only use: {}", allowed.join(", ")),
+        ));
+    }
+
+    // Estimate: counted input plus the most output this request may produce.
+    let input = model
+        .upstream
+        .count_prompt(&req.messages)
+        .unwrap_or_else(|| tokens::count_messages(model.tokenizer, &req.messages));
+    let max_out = output_budget(req.max_tokens, model.budget, input).map_err(estimate_error)?;
+    let (btc, _) = state.oracle.btc_usd().await;
+    let est = reserve(&model.rates, btc, input, max_out).map_err(estimate_error)?;
+
+    // Hold, atomically.
+    let request_id = new_id("req");
+    let caps = auth
+        .claims
+        .spend_caps
+        .iter()
+        .map(|c| SpendCap {
+            key: c.key.clone(),
+            cap: c.limit,
+        })
+        .collect();
+    let outcome = state
+        .store
+        .hold(&NewHold {
+            request_id: request_id.clone(),
+            session_id: auth.session_id.clone(),
+            model: model.name.clone(),
+            est_input_tokens: input,
+            max_output_tokens: max_out,
+            hold: est.hold,
+            btc_usd_micros: btc.micros(),
+            caps,
+            instance_id: state.instance_id.clone(),
+            stream: req.stream,
+            now_ms: now,
+            ttl_ms: i64::try_from(state.policy.ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
+        })
+        .await?;
+    let balance_after_hold = match outcome {
+        HoldOutcome::Held { balance } => balance,
+        HoldOutcome::Insufficient { balance } => {
+            return Err(ApiError::payment_required(
+                "insufficient_balance",
+                format!(
+                    "this request may cost up to {} msat ({input} input tokens + up to {max_out} output tokens) and the session has {} msat available; top up with POST /v1/sessions/{}/topup or lower max_tokens",
+                    est.hold.msat(),
+                    balance.msat(),
+                    auth.session_id
+                ),
+            ));
+        }
+        HoldOutcome::NotActive(s) => {
+            let (code, msg) = match s {
+                sluice_core::SessionState::AwaitingPayment => (
+                    "session_awaiting_payment",
+                    "the session's deposit invoice is not paid yet",
+                ),
+                sluice_core::SessionState::Paused => (
+                    "session_paused",
+                    "the session's balance is below the minimum; top up to resume",
+                ),
+                _ => (
+                    "session_expired",
+                    "the session has expired; top up to revive it",
+                ),
+            };
+            return Err(ApiError::payment_required(code, msg));
+        }
+        HoldOutcome::CapExceeded { cap, committed } => {
+            return Err(ApiError::payment_required(
+                "spend_cap_exceeded",
+                format!(
+                    "this credential's spend cap is {} msat and {} msat is already spent or held; this request may cost up to {} msat",
+                    cap.msat(),
+                    committed.msat(),
+                    est.hold.msat()
+                ),
+            ));
+        }
+        HoldOutcome::NoSession => {
+            return Err(ApiError::unauthorized(
+                "invalid_credential",
+                "this credential's session does not exist",
+            ));
+        }
+    };
+    tracing::info!(request_id = %request_id, model = %model.name, hold_msat = est.hold.msat(), input_tokens = input, max_output_tokens = max_out, "hold taken");
+
+    let call = ChatCall {
+        body: req.upstream_body(&model.upstream_model, max_out),
+        messages: req.messages.clone(),
+        max_tokens: max_out,
+    };
+    let meter = Meter {
+        state: state.clone(),
+        request_id: request_id.clone(),
+        public_model: model.name.clone(),
+        rates: model.rates,
+        tokenizer: model.tokenizer,
+        btc,
+        hold: est.hold,
+        input_estimate: input,
+        upstream: model.upstream.clone(),
+        started: Instant::now(),
+    };
+    if req.stream {
+        stream_response(meter, call, req.include_usage, balance_after_hold).await
+    } else {
+        complete_response(meter, call).await
+    }
+}
+
+async fn complete_response(meter: Meter, call: ChatCall) -> Result<Response, ApiError> {
+    let tasks = meter.state.tasks.clone();
+    // The task owns the settlement: a client that hangs up does not leave a hold open.
+    let handle = tasks.spawn(
+        async move {
+            match meter.upstream.complete(call).await {
+                Err(e) => {
+                    meter.release(&e).await;
+                    Err(upstream_error(&e))
+                }
+                Ok(c) => {
+                    let usage = c.usage.unwrap_or_else(|| TokenUsage {
+                        input: meter.input_estimate,
+                        output: meter.count_output(&c.text),
+                    });
+                    let s = meter.settle(usage, RequestStatus::Settled).await?;
+                    let mut resp = c.response;
+                    resp["model"] = Value::String(meter.public_model.clone());
+                    resp["usage"] = usage_json(usage, s.charged);
+                    resp["sluice"] = meter.receipt(usage, &s);
+                    Ok((resp, s, meter.request_id.clone()))
+                }
+            }
+        }
+        .instrument(tracing::Span::current()),
+    );
+    let (resp, s, request_id) = handle.await.map_err(|e| ApiError::internal(&e))??;
+    let mut r = (StatusCode::OK, Json(resp)).into_response();
+    let h = r.headers_mut();
+    h.insert("x-sluice-cost-msat", header_value(s.charged.msat()));
+    h.insert("x-sluice-balance-msat", header_value(s.balance.msat()));
+    h.insert("x-sluice-request-id", header_value(request_id));
+    Ok(r)
+}
+
+fn sse(v: &Value) -> Bytes {
+    Bytes::from(format!("data: {v}\n\n"))
+}
+
+async fn stream_response(
+    meter: Meter,
+    call: ChatCall,
+    include_usage: bool,
+    balance_after_hold: Msat,
+) -> Result<Response, ApiError> {
+    let upstream = match meter.upstream.stream(call).await {
+        Ok(s) => s,
+        Err(e) => {
+            meter.release(&e).await;
+            return Err(upstream_error(&e));
+        }
+    };
+    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    let request_id = meter.request_id.clone();
+    let hold = meter.hold;
+    meter
+        .state
+        .tasks
+        .clone()
+        .spawn(pump(meter, upstream, tx, include_usage));
+    let body = Body::from_stream(
+        tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>),
+    );
+    let mut r = Response::new(body);
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-sluice-request-id", header_value(request_id));
+    h.insert("x-sluice-hold-msat", header_value(hold.msat()));
+    h.insert(
+        "x-sluice-balance-msat",
+        header_value(balance_after_hold.msat()),
+    );
+    Ok(r)
+}
+
+/// Forward chunks to the client, then settle and send the cost in the final chunk.
+async fn pump(
+    meter: Meter,
+    mut upstream: ChunkStream,
+    tx: mpsc::Sender<Bytes>,
+    include_usage: bool,
+) {
+    let mut text = String::new();
+    let mut usage: Option<TokenUsage> = None;
+    let mut held_finish: Option<Value> = None;
+    let mut meta: Option<(Value, Value)> = None; // (id, created) of the stream
+    let mut client_gone = false;
+    let mut failure: Option<UpstreamError> = None;
+    while let Some(item) = upstream.next().await {
+        let mut chunk = match item {
+            Ok(c) => c,
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        };
+        if meta.is_none() {
+            meta = Some((
+                chunk.get("id").cloned().unwrap_or(Value::Null),
+                chunk.get("created").cloned().unwrap_or(0.into()),
+            ));
+        }
+        chunk["model"] = Value::String(meter.public_model.clone());
+        if let Some(u) = usage_of(&chunk) {
+            usage = Some(u);
+        }
+        text.push_str(&chunk_text(&chunk));
+        let choices = chunk.get("choices").and_then(Value::as_array);
+        if choices.is_none_or(|c| c.is_empty()) {
+            continue; // the usage chunk: re-sent at the end with the cost
+        }
+        let finished = choices.is_some_and(|c| {
+            c.iter()
+                .any(|c| c.get("finish_reason").is_some_and(|f| !f.is_null()))
+        });
+        if let Some(obj) = chunk.as_object_mut() {
+            obj.remove("usage");
+        }
+        if finished && !include_usage {
+            held_finish = Some(chunk); // the cost rides on the last chunk
+            continue;
+        }
+        if tx.send(sse(&chunk)).await.is_err() {
+            client_gone = true;
+            break;
+        }
+    }
+    drop(upstream); // stops generation upstream
+
+    let generated = !text.is_empty() || usage.is_some_and(|u| u.output > 0);
+    if let Some(e) = &failure
+        && !generated
+    {
+        meter.release(e).await;
+        let err = upstream_error(e);
+        let _ = tx.send(sse(&err.body())).await;
+        return;
+    }
+    let usage = TokenUsage {
+        input: usage.map_or(meter.input_estimate, |u| u.input),
+        output: match usage {
+            Some(u) if failure.is_none() && !client_gone => u.output,
+            _ => meter.count_output(&text),
+        },
+    };
+    let status = if client_gone {
+        RequestStatus::ClientGone
+    } else {
+        RequestStatus::Settled
+    };
+    let settled = match meter.settle(usage, status).await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = tx.send(sse(&e.body())).await;
+            return;
+        }
+    };
+    if client_gone {
+        return;
+    }
+    let (id, created) = meta.unwrap_or((Value::Null, 0.into()));
+    let final_chunk = if include_usage {
+        json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": meter.public_model, "choices": []})
+    } else {
+        held_finish.unwrap_or_else(|| {
+            json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": meter.public_model,
+                   "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        })
+    };
+    let mut final_chunk = final_chunk;
+    final_chunk["usage"] = usage_json(usage, settled.charged);
+    final_chunk["sluice"] = meter.receipt(usage, &settled);
+    if let Some(e) = &failure {
+        tracing::warn!(request_id = %meter.request_id, error = %e, "upstream failed mid-stream; charged for what was generated");
+        let err = ApiError::upstream(
+            "upstream_interrupted",
+            "the model's upstream failed mid-answer; you were charged only for what was generated",
+        );
+        let _ = tx.send(sse(&err.body())).await;
+    }
+    let _ = tx.send(sse(&final_chunk)).await;
+    let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+}

@@ -1,0 +1,340 @@
+//! The gateway's typed configuration, with defaults for every key.
+//!
+//! The binary layers defaults → `sluice.toml` → `SLUICE_*` environment onto
+//! this type; `example.config.toml` at the repository root documents every key.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use serde::Deserialize;
+
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default database: SQLite in the working directory.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://sluice.db";
+/// Default request body limit (1 MiB).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Default BTC/USD price when nothing else is configured.
+pub const DEFAULT_BTC_USD: &str = "100000";
+/// Default invoice expiry.
+pub const DEFAULT_INVOICE_EXPIRY_SECS: u64 = 3600;
+/// Default silence after which a gateway process is presumed dead.
+pub const DEFAULT_INSTANCE_STALE_SECS: u64 = 20;
+/// Name of the bundled local model.
+pub const DEFAULT_LOCAL_MODEL_NAME: &str = "smollm2-135m";
+
+/// A secret string that never prints.
+#[derive(Clone, Deserialize, Default, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wrap a secret.
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    /// The secret value; call only where it is sent.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// HTTP server.
+    pub server: ServerConfig,
+    /// Database.
+    pub database: DatabaseConfig,
+    /// Lightning backend.
+    pub lightning: LightningConfig,
+    /// BTC/USD oracle.
+    pub oracle: OracleConfig,
+    /// Session limits.
+    pub sessions: SessionsConfig,
+    /// Defaults applied to every model's price.
+    pub pricing: PricingConfig,
+    /// Models for sale. Empty: the bundled local model.
+    pub models: Vec<ModelConfig>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Public base URL of this gateway (used for Lightning webhooks), e.g. `https://sluice.example`.
+    pub public_url: Option<String>,
+    /// Unauthenticated requests allowed per client IP per minute (session creation, dev pay).
+    pub public_rate_per_minute: u32,
+    /// A gateway process silent this long is presumed dead and its open holds are released.
+    pub instance_stale_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: DEFAULT_LISTEN
+                .parse()
+                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            public_url: None,
+            public_rate_per_minute: 60,
+            instance_stale_secs: DEFAULT_INSTANCE_STALE_SECS,
+        }
+    }
+}
+
+/// `[database]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://path.db` or `postgres://user@host/db`.
+    pub url: String,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: DEFAULT_DATABASE_URL.to_owned(),
+        }
+    }
+}
+
+/// Which Lightning backend.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LightningBackend {
+    /// The built-in dev wallet (not real money).
+    #[default]
+    Dev,
+    /// An LNbits wallet.
+    Lnbits,
+}
+
+/// `[lightning]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LightningConfig {
+    /// Backend.
+    pub backend: LightningBackend,
+    /// Seconds a deposit or top-up invoice stays payable.
+    pub invoice_expiry_secs: u64,
+    /// Seconds between looks at pending invoices (the fallback when a push is missed).
+    pub poll_interval_secs: u64,
+    /// LNbits base URL.
+    pub url: Option<String>,
+    /// LNbits invoice/read key.
+    pub invoice_key: Option<Secret>,
+    /// LNbits admin key (needed only to pay out).
+    pub admin_key: Option<Secret>,
+}
+
+impl Default for LightningConfig {
+    fn default() -> Self {
+        LightningConfig {
+            backend: LightningBackend::Dev,
+            invoice_expiry_secs: DEFAULT_INVOICE_EXPIRY_SECS,
+            poll_interval_secs: 2,
+            url: None,
+            invoice_key: None,
+            admin_key: None,
+        }
+    }
+}
+
+/// `[oracle]`: a fixed price, or an HTTP source with cache, timeout and fallback.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OracleConfig {
+    /// A fixed BTC/USD price (dev and tests). Wins over `url`.
+    pub fixed_btc_usd: Option<f64>,
+    /// HTTP source answering JSON, e.g. CoinGecko's simple price endpoint.
+    pub url: Option<String>,
+    /// JSON pointer to the price in the answer (`/bitcoin/usd` for CoinGecko).
+    pub json_pointer: String,
+    /// Seconds a fetched price is reused.
+    pub cache_secs: u64,
+    /// Seconds before a fetch is abandoned.
+    pub timeout_secs: u64,
+    /// Price used when the source fails and nothing fresh is cached.
+    pub fallback_btc_usd: f64,
+}
+
+impl Default for OracleConfig {
+    fn default() -> Self {
+        OracleConfig {
+            fixed_btc_usd: None,
+            url: None,
+            json_pointer: "/bitcoin/usd".to_owned(),
+            cache_secs: 60,
+            timeout_secs: 5,
+            fallback_btc_usd: 100_000.0,
+        }
+    }
+}
+
+/// `[sessions]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionsConfig {
+    /// Smallest deposit or top-up.
+    pub min_deposit_sats: u64,
+    /// Largest deposit or top-up.
+    pub max_deposit_sats: u64,
+    /// Below this available balance a session pauses.
+    pub min_balance_sats: u64,
+    /// Inactivity before a session expires.
+    pub ttl_secs: u64,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        SessionsConfig {
+            min_deposit_sats: 100,
+            max_deposit_sats: 1_000_000,
+            min_balance_sats: 10,
+            ttl_secs: 86_400,
+        }
+    }
+}
+
+/// `[pricing]`: defaults for every model (each model may override).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PricingConfig {
+    /// Monthly infrastructure cost, USD, amortised per request.
+    pub infra_monthly_usd: f64,
+    /// Expected requests per month (the divisor).
+    pub expected_monthly_requests: u64,
+    /// Operator margin, percent.
+    pub margin_pct: f64,
+}
+
+impl Default for PricingConfig {
+    fn default() -> Self {
+        PricingConfig {
+            infra_monthly_usd: 0.0,
+            expected_monthly_requests: 100_000,
+            margin_pct: 0.0,
+        }
+    }
+}
+
+/// Upstream kind.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    /// Any OpenAI-compatible chat completions server.
+    Openai,
+    /// Anthropic's Messages API.
+    Anthropic,
+    /// A GGUF model run in-process.
+    Local,
+}
+
+/// Which tokenizer approximates a model's token counts for estimates.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenizerKind {
+    /// tiktoken `cl100k_base`.
+    #[default]
+    Cl100k,
+    /// tiktoken `o200k_base`.
+    O200k,
+}
+
+/// `[[models]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Public name clients ask for.
+    pub name: String,
+    /// Upstream kind.
+    pub kind: ModelKind,
+    /// Upstream base URL (`.../v1` for OpenAI-compatible servers).
+    pub base_url: Option<String>,
+    /// Upstream API key.
+    pub api_key: Option<Secret>,
+    /// The model name the upstream knows (default: `name`).
+    pub upstream_model: Option<String>,
+    /// GGUF path for `local` (default: the bundled model, fetched on first use).
+    pub path: Option<PathBuf>,
+    /// USD per million input tokens.
+    pub input_usd_per_mtok: f64,
+    /// USD per million output tokens.
+    pub output_usd_per_mtok: f64,
+    /// Override of `[pricing].infra_monthly_usd`.
+    pub infra_monthly_usd: Option<f64>,
+    /// Override of `[pricing].expected_monthly_requests`.
+    pub expected_monthly_requests: Option<u64>,
+    /// Override of `[pricing].margin_pct`.
+    pub margin_pct: Option<f64>,
+    /// Output tokens reserved when a request gives no `max_tokens`.
+    #[serde(default = "default_max_tokens")]
+    pub default_max_tokens: u64,
+    /// The most output tokens a request may ask for.
+    #[serde(default = "max_output_tokens")]
+    pub max_output_tokens: u64,
+    /// Context length (0 = unchecked).
+    #[serde(default)]
+    pub context_length: u64,
+    /// Tokenizer for estimates (ignored for `local`, which counts exactly).
+    #[serde(default)]
+    pub tokenizer: TokenizerKind,
+    /// Seconds to wait for the upstream's first byte.
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+    /// Seconds allowed between stream chunks.
+    #[serde(default = "default_idle")]
+    pub idle_timeout_secs: u64,
+}
+
+fn default_max_tokens() -> u64 {
+    512
+}
+fn max_output_tokens() -> u64 {
+    4096
+}
+fn default_timeout() -> u64 {
+    120
+}
+fn default_idle() -> u64 {
+    30
+}
+
+impl ModelConfig {
+    /// The bundled local model, used when no model is configured.
+    pub fn default_local(path: Option<PathBuf>) -> ModelConfig {
+        ModelConfig {
+            name: DEFAULT_LOCAL_MODEL_NAME.to_owned(),
+            kind: ModelKind::Local,
+            base_url: None,
+            api_key: None,
+            upstream_model: None,
+            path,
+            // A tiny model on the operator's own CPU: mostly the machine's cost
+            // (30 USD a month over 10,000 requests), a little per token, 10% margin.
+            input_usd_per_mtok: 2.0,
+            output_usd_per_mtok: 10.0,
+            infra_monthly_usd: Some(30.0),
+            expected_monthly_requests: Some(10_000),
+            margin_pct: Some(10.0),
+            default_max_tokens: 256,
+            max_output_tokens: 1024,
+            context_length: 8192,
+            tokenizer: TokenizerKind::Cl100k,
+            timeout_secs: 300,
+            idle_timeout_secs: 60,
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! A small per-IP fixed-window limiter for unauthenticated endpoints (session
+//! creation and dev payments create invoices, so they are worth abusing).
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use axum::{
+    extract::{ConnectInfo, Request, State},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+
+use crate::{error::ApiError, state::AppState};
+
+/// Allows `limit` requests per IP per window.
+pub struct RateLimiter {
+    limit: u32,
+    window: Duration,
+    seen: Mutex<HashMap<Option<IpAddr>, (Instant, u32)>>,
+}
+
+impl RateLimiter {
+    /// `limit` requests per `window` per IP (0 = unlimited).
+    pub fn new(limit: u32, window: Duration) -> Self {
+        RateLimiter {
+            limit,
+            window,
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Count one request; the seconds to wait if over the limit.
+    pub fn check(&self, ip: Option<IpAddr>) -> Result<(), u64> {
+        if self.limit == 0 {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let Ok(mut seen) = self.seen.lock() else {
+            return Ok(());
+        };
+        if seen.len() > 100_000 {
+            seen.retain(|_, (start, _)| now.duration_since(*start) < self.window);
+        }
+        let e = seen.entry(ip).or_insert((now, 0));
+        if now.duration_since(e.0) >= self.window {
+            *e = (now, 0);
+        }
+        if e.1 >= self.limit {
+            return Err(self
+                .window
+                .saturating_sub(now.duration_since(e.0))
+                .as_secs()
+                .max(1));
+        }
+        e.1 += 1;
+        Ok(())
+    }
+}
+
+/// Middleware applying the limiter.
+pub async fn limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    match state.limiter.check(ip) {
+        Ok(()) => next.run(req).await,
+        Err(wait) => {
+            let mut r = ApiError::rate_limited(format!("too many requests; retry in {wait} s"))
+                .into_response();
+            if let Ok(v) = wait.to_string().parse() {
+                r.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+            }
+            r
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_per_ip() {
+        let l = RateLimiter::new(2, Duration::from_secs(60));
+        let a = Some(IpAddr::from([127, 0, 0, 1]));
+        let b = Some(IpAddr::from([127, 0, 0, 2]));
+        assert!(l.check(a).is_ok());
+        assert!(l.check(a).is_ok());
+        assert!(l.check(a).is_err());
+        assert!(l.check(b).is_ok());
+    }
+}

@@ -1,0 +1,80 @@
+//! The gateway's shared state and its model registry.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use sluice_core::{ModelRates, OutputBudget, SessionPolicy};
+use sluice_lightning::{Lightning, dev::DevWallet, lnbits::LnBits};
+use sluice_store::Store;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    config::TokenizerKind, oracle::PriceOracle, ratelimit::RateLimiter, upstream::Upstream,
+};
+
+/// A model for sale.
+pub struct ModelEntry {
+    /// Public name.
+    pub name: String,
+    /// The upstream's name for it.
+    pub upstream_model: String,
+    /// `"openai"`, `"anthropic"` or `"local"`.
+    pub kind: &'static str,
+    /// Its rate card.
+    pub rates: ModelRates,
+    /// Its output-token policy.
+    pub budget: OutputBudget,
+    /// Tokenizer for estimates when the upstream cannot count.
+    pub tokenizer: TokenizerKind,
+    /// Where it is answered.
+    pub upstream: Arc<dyn Upstream>,
+}
+
+/// Everything a handler needs.
+#[derive(Clone)]
+pub struct AppState {
+    /// The database.
+    pub store: Arc<dyn Store>,
+    /// The Lightning backend.
+    pub lightning: Arc<dyn Lightning>,
+    /// The dev wallet, when it is the backend (mounts `/v1/dev/pay`).
+    pub dev_wallet: Option<Arc<DevWallet>>,
+    /// The LNbits backend, when it is the backend (mounts its webhook).
+    pub lnbits: Option<Arc<LnBits>>,
+    /// BTC/USD.
+    pub oracle: Arc<dyn PriceOracle>,
+    /// Models by public name.
+    pub models: Arc<BTreeMap<String, ModelEntry>>,
+    /// Session limits.
+    pub policy: SessionPolicy,
+    /// How long invoices stay payable.
+    pub invoice_expiry: Duration,
+    /// How long a session credential is valid.
+    pub credential_ttl: Duration,
+    /// The macaroon root secret (shared by every process on the database).
+    pub root_secret: [u8; 32],
+    /// This process's id (crash reconciliation).
+    pub instance_id: String,
+    /// Background work that must finish before shutdown (settlements).
+    pub tasks: TaskTracker,
+    /// Stops background loops.
+    pub shutdown: CancellationToken,
+    /// Per-IP limiter for unauthenticated endpoints.
+    pub limiter: Arc<RateLimiter>,
+    /// How often pending invoices are looked up.
+    pub poll_interval: Duration,
+    /// A process silent this long is presumed dead (its holds are released).
+    pub stale_after: Duration,
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// A random id with a prefix.
+pub fn new_id(prefix: &str) -> String {
+    format!("{prefix}_{}", hex::encode(rand::random::<[u8; 12]>()))
+}

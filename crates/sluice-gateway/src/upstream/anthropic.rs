@@ -1,0 +1,285 @@
+//! Anthropic's Messages API, translated to and from OpenAI's chat shapes.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use sluice_core::TokenUsage;
+
+use super::{
+    ChatCall, ChunkStream, Completion, Upstream, UpstreamError, completion_id, completion_object,
+    openai::redact, text_chunk, unix_now, usage_chunk,
+};
+use crate::config::Secret;
+
+/// The API version header sent.
+const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// An Anthropic Messages API upstream.
+pub struct AnthropicUpstream {
+    client: reqwest::Client,
+    url: String,
+    key: Option<Secret>,
+    timeout: Duration,
+    idle: Duration,
+}
+
+impl AnthropicUpstream {
+    /// An upstream at `base_url` (e.g. `https://api.anthropic.com/v1`).
+    pub fn new(
+        client: reqwest::Client,
+        base_url: &str,
+        key: Option<Secret>,
+        timeout: Duration,
+        idle: Duration,
+    ) -> Self {
+        AnthropicUpstream {
+            client,
+            url: format!("{}/messages", base_url.trim_end_matches('/')),
+            key,
+            timeout,
+            idle,
+        }
+    }
+
+    async fn send(&self, body: Value) -> Result<reqwest::Response, UpstreamError> {
+        let mut req = self
+            .client
+            .post(&self.url)
+            .header("anthropic-version", ANTHROPIC_VERSION)
+            .json(&body);
+        if let Some(k) = &self.key {
+            req = req.header("x-api-key", k.expose());
+        }
+        let resp = tokio::time::timeout(self.timeout, req.send())
+            .await
+            .map_err(|_| UpstreamError::Timeout)?
+            .map_err(|e| {
+                if e.is_timeout() {
+                    UpstreamError::Timeout
+                } else {
+                    UpstreamError::Unreachable(redact(&e))
+                }
+            })?;
+        if !resp.status().is_success() {
+            return Err(UpstreamError::Status(resp.status().as_u16()));
+        }
+        Ok(resp)
+    }
+}
+
+/// The Messages API request for an OpenAI-shaped call.
+pub fn to_messages_request(call: &ChatCall, stream: bool) -> Value {
+    let system: Vec<&str> = call
+        .messages
+        .iter()
+        .filter(|(r, _)| r == "system" || r == "developer")
+        .map(|(_, c)| c.as_str())
+        .collect();
+    let messages: Vec<Value> = call
+        .messages
+        .iter()
+        .filter(|(r, _)| r != "system" && r != "developer")
+        .map(|(r, c)| json!({"role": if r == "assistant" { "assistant" } else { "user" }, "content": c}))
+        .collect();
+    let mut body = json!({
+        "model": call.body.get("model").cloned().unwrap_or(Value::Null),
+        "max_tokens": call.max_tokens,
+        "messages": messages,
+        "stream": stream,
+    });
+    if !system.is_empty() {
+        body["system"] = Value::String(system.join("\n\n"));
+    }
+    for key in ["temperature", "top_p"] {
+        if let Some(v) = call.body.get(key) {
+            body[key] = v.clone();
+        }
+    }
+    match call.body.get("stop") {
+        Some(Value::String(s)) => body["stop_sequences"] = json!([s]),
+        Some(Value::Array(a)) => body["stop_sequences"] = Value::Array(a.clone()),
+        _ => {}
+    }
+    body
+}
+
+/// OpenAI's finish reason for an Anthropic stop reason.
+pub fn finish_reason(stop_reason: Option<&str>) -> &'static str {
+    match stop_reason {
+        Some("max_tokens") => "length",
+        Some("tool_use") => "tool_calls",
+        _ => "stop",
+    }
+}
+
+#[async_trait]
+impl Upstream for AnthropicUpstream {
+    async fn complete(&self, call: ChatCall) -> Result<Completion, UpstreamError> {
+        let model = call
+            .body
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let resp = self.send(to_messages_request(&call, false)).await?;
+        let v: Value = tokio::time::timeout(self.timeout, resp.json())
+            .await
+            .map_err(|_| UpstreamError::Timeout)?
+            .map_err(|e| UpstreamError::Protocol(format!("invalid JSON: {}", redact(&e))))?;
+        let text: String = v
+            .get("content")
+            .and_then(Value::as_array)
+            .ok_or_else(|| UpstreamError::Protocol("no content".into()))?
+            .iter()
+            .filter_map(|b| b.get("text").and_then(Value::as_str))
+            .collect();
+        let usage = v.get("usage").and_then(|u| {
+            Some(TokenUsage {
+                input: u.get("input_tokens")?.as_u64()?,
+                output: u.get("output_tokens")?.as_u64()?,
+            })
+        });
+        let finish = finish_reason(v.get("stop_reason").and_then(Value::as_str));
+        let response = completion_object(
+            v.get("id")
+                .and_then(Value::as_str)
+                .unwrap_or(&completion_id()),
+            &model,
+            unix_now(),
+            &text,
+            finish,
+            usage.unwrap_or_default(),
+        );
+        Ok(Completion {
+            response,
+            usage,
+            text,
+        })
+    }
+
+    async fn stream(&self, call: ChatCall) -> Result<ChunkStream, UpstreamError> {
+        let model = call
+            .body
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let resp = self.send(to_messages_request(&call, true)).await?;
+        let idle = self.idle;
+        let id = completion_id();
+        let created = unix_now();
+        struct St<E> {
+            events: E,
+            usage: TokenUsage,
+            done: bool,
+        }
+        let st = St {
+            events: resp.bytes_stream().eventsource(),
+            usage: TokenUsage::default(),
+            done: false,
+        };
+        let s = futures::stream::unfold(st, move |mut st| {
+            let (id, model) = (id.clone(), model.clone());
+            async move {
+                if st.done {
+                    return None;
+                }
+                loop {
+                    let ev = match tokio::time::timeout(idle, st.events.next()).await {
+                        Err(_) => {
+                            st.done = true;
+                            return Some((Err(UpstreamError::Timeout), st));
+                        }
+                        Ok(None) => return None,
+                        Ok(Some(Err(e))) => {
+                            st.done = true;
+                            return Some((Err(UpstreamError::Unreachable(e.to_string())), st));
+                        }
+                        Ok(Some(Ok(ev))) => ev,
+                    };
+                    let Ok(v) = serde_json::from_str::<Value>(&ev.data) else {
+                        continue;
+                    };
+                    match v.get("type").and_then(Value::as_str) {
+                        Some("message_start") => {
+                            if let Some(n) = v
+                                .pointer("/message/usage/input_tokens")
+                                .and_then(Value::as_u64)
+                            {
+                                st.usage.input = n;
+                            }
+                        }
+                        Some("content_block_delta") => {
+                            if let Some(t) = v.pointer("/delta/text").and_then(Value::as_str) {
+                                return Some((
+                                    Ok(text_chunk(&id, &model, created, Some(t), None)),
+                                    st,
+                                ));
+                            }
+                        }
+                        Some("message_delta") => {
+                            if let Some(n) =
+                                v.pointer("/usage/output_tokens").and_then(Value::as_u64)
+                            {
+                                st.usage.output = n;
+                            }
+                            let finish = finish_reason(
+                                v.pointer("/delta/stop_reason").and_then(Value::as_str),
+                            );
+                            return Some((
+                                Ok(text_chunk(&id, &model, created, None, Some(finish))),
+                                st,
+                            ));
+                        }
+                        Some("message_stop") => {
+                            st.done = true;
+                            return Some((Ok(usage_chunk(&id, &model, created, st.usage)), st));
+                        }
+                        Some("error") => {
+                            st.done = true;
+                            return Some((
+                                Err(UpstreamError::Protocol(
+                                    "upstream sent an error event".into(),
+                                )),
+                                st,
+                            ));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        });
+        Ok(s.boxed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openai_call_becomes_a_messages_request() {
+        let mut body = serde_json::Map::new();
+        body.insert("model".into(), "claude-x".into());
+        body.insert("temperature".into(), json!(0.5));
+        body.insert("stop".into(), json!("END"));
+        let call = ChatCall {
+            body,
+            messages: vec![
+                ("system".into(), "be brief".into()),
+                ("user".into(), "hi".into()),
+            ],
+            max_tokens: 64,
+        };
+        let r = to_messages_request(&call, true);
+        assert_eq!(r["system"], "be brief");
+        assert_eq!(r["messages"], json!([{"role": "user", "content": "hi"}]));
+        assert_eq!(r["max_tokens"], 64);
+        assert_eq!(r["stop_sequences"], json!(["END"]));
+        assert_eq!(r["temperature"], 0.5);
+        assert_eq!(finish_reason(Some("max_tokens")), "length");
+    }
+}

@@ -1,0 +1,13 @@
+//! Black-box tests of the gateway's HTTP API: real servers on port 0, a real
+//! SQLite (and PostgreSQL) store, the real dev wallet, and a fake OpenAI
+//! upstream that is a real HTTP server with a scripted "model".
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod api {
+    mod failures;
+    pub mod helpers;
+    mod lnbits;
+    mod paid_path;
+    mod upstreams;
+    mod validation;
+}
