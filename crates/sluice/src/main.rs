@@ -1,0 +1,120 @@
+//! `sluice`: a Lightning-native market for AI inference — the one binary.
+
+mod cli_config;
+mod demo;
+mod local;
+mod serve;
+mod wallet;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Sell and buy AI inference for sats over Lightning"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway: an OpenAI-compatible API paid from Lightning-funded sessions.
+    Serve {
+        /// Configuration file (see example.config.toml). Without one: SQLite in the
+        /// working directory, the dev wallet and the bundled local model.
+        #[arg(long, env = "SLUICE_CONFIG")]
+        config: Option<PathBuf>,
+        /// A GGUF model to serve in-process instead of the bundled default.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Listen address (overrides the configuration).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Everything in one process on loopback: create a session, pay its invoice with
+    /// the dev wallet, stream a real answer from the local model, print the receipt.
+    Demo {
+        /// The question to ask.
+        #[arg(long, default_value = "What is the capital of France?")]
+        prompt: String,
+        /// A GGUF model instead of the bundled default.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Sats to deposit.
+        #[arg(long, default_value_t = 1000)]
+        deposit_sats: u64,
+    },
+    /// Dev wallet tools.
+    Wallet {
+        #[command(subcommand)]
+        command: WalletCommand,
+    },
+    /// Check that the ledger balances and matches every session's balance.
+    CheckLedger {
+        /// Configuration file naming the database.
+        #[arg(long, env = "SLUICE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Fetch the bundled default model into the cache (done on first use otherwise).
+    FetchModel,
+}
+
+#[derive(Subcommand)]
+enum WalletCommand {
+    /// Pay a dev-wallet invoice through a gateway running the dev wallet; prints the preimage.
+    Pay {
+        /// The BOLT11 invoice.
+        bolt11: String,
+        /// The gateway that issued it.
+        #[arg(long, env = "SLUICE_GATEWAY", default_value = "http://127.0.0.1:8080")]
+        gateway: String,
+    },
+}
+
+fn init_tracing() {
+    use tracing_subscriber::{EnvFilter, fmt};
+    let filter = EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("SLUICE_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    // reqwest is built without a crypto provider; rustls needs exactly one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            config,
+            model,
+            listen,
+        } => {
+            init_tracing();
+            serve::run(config, model, listen).await
+        }
+        Command::Demo {
+            prompt,
+            model,
+            deposit_sats,
+        } => demo::run(prompt, model, deposit_sats).await,
+        Command::Wallet {
+            command: WalletCommand::Pay { bolt11, gateway },
+        } => wallet::pay(&bolt11, &gateway).await,
+        Command::CheckLedger { config } => serve::check_ledger(config).await,
+        Command::FetchModel => {
+            let path = tokio::task::spawn_blocking(local::ensure_default_model).await??;
+            println!("{}", path.display());
+            Ok(())
+        }
+    }
+}

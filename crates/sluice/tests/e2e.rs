@@ -1,0 +1,418 @@
+//! End-to-end tests of the `sluice` binary as a user runs it: real processes,
+//! real databases, the dev wallet, a fake OpenAI upstream on a real port and
+//! the bundled local model.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sluice_gateway::testing::{FakeBehaviour, spawn_fake_openai};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+
+fn pg_url() -> String {
+    std::env::var("SLUICE_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A `sluice serve` process.
+struct Gateway {
+    child: Child,
+    base: String,
+}
+
+impl Gateway {
+    fn start(config: &Path) -> Gateway {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("SLUICE_LOG_FORMAT", "json")
+            .env("SLUICE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        // Read the log until the listen line, then keep draining it so the process never blocks.
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !sent
+                    && let Ok(v) = serde_json::from_str::<Value>(&line)
+                    && v["fields"]["message"] == "sluice gateway listening"
+                {
+                    let _ = tx.send(
+                        v["fields"]["listen"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned(),
+                    );
+                    sent = true;
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("sluice serve did not start listening");
+        Gateway {
+            child,
+            base: format!("http://{addr}"),
+        }
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill(); // SIGKILL: no graceful shutdown
+        let _ = self.child.wait();
+    }
+
+    async fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        for _ in 0..100 {
+            if self.child.try_wait().unwrap().is_some() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = self.child.kill();
+        panic!("sluice serve did not stop on SIGTERM");
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_config(dir: &Path, db_url: &str, upstream: &str, extra: &str) -> std::path::PathBuf {
+    let p = dir.join("sluice.toml");
+    std::fs::write(
+        &p,
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+{extra}
+[database]
+url = "{db_url}"
+[lightning]
+backend = "dev"
+[oracle]
+fixed_btc_usd = 100000
+[sessions]
+min_deposit_sats = 10
+min_balance_sats = 1
+[[models]]
+name = "fake-model"
+kind = "openai"
+base_url = "{upstream}"
+input_usd_per_mtok = 100.0
+output_usd_per_mtok = 200.0
+default_max_tokens = 100
+"#
+        ),
+    )
+    .unwrap();
+    p
+}
+
+async fn new_funded_session(http: &reqwest::Client, base: &str, sats: u64) -> (String, String) {
+    let v: Value = http
+        .post(format!("{base}/v1/sessions"))
+        .json(&json!({"amount_sats": sats}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (id, mac) = (
+        v["session_id"].as_str().unwrap().to_owned(),
+        v["macaroon"].as_str().unwrap().to_owned(),
+    );
+    let r = http
+        .post(format!("{base}/v1/dev/pay"))
+        .json(&json!({"bolt11": v["invoice"]["bolt11"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    (id, mac)
+}
+
+async fn session(http: &reqwest::Client, base: &str, id: &str, mac: &str) -> Value {
+    http.get(format!("{base}/v1/sessions/{id}"))
+        .bearer_auth(mac)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+fn check_ledger(config: &Path) {
+    let out = Command::new(BIN)
+        .args(["check-ledger", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "check-ledger failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK:"));
+}
+
+#[tokio::test]
+async fn two_gateways_on_one_postgres_serve_one_session_without_overspending() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let upstream = spawn_fake_openai(FakeBehaviour {
+        response_delay: Duration::from_millis(1500),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (pg, schema) = sluice_store::postgres::PgStore::connect_isolated(&pg_url())
+        .await
+        .expect("PostgreSQL is needed: set SLUICE_TEST_PG_URL or run scripts/test.sh");
+    let db_url = format!("{}?options=-c%20search_path%3D{schema}", pg_url());
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &db_url, &upstream.base_url, "");
+    let (a, b) = (Gateway::start(&config), Gateway::start(&config));
+    let http = reqwest::Client::new();
+
+    // 100 sats; each request holds 20,900 msat: at most 4 can be in flight at once.
+    let (id, mac) = new_funded_session(&http, &a.base, 100).await;
+    let mut calls = Vec::new();
+    for i in 0..20 {
+        let base = if i % 2 == 0 {
+            a.base.clone()
+        } else {
+            b.base.clone()
+        };
+        let (http, mac) = (http.clone(), mac.clone());
+        calls.push(tokio::spawn(async move {
+            let r = http
+                .post(format!("{base}/v1/chat/completions"))
+                .bearer_auth(mac)
+                .json(&json!({"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status();
+            let cost = r.headers().get("x-sluice-cost-msat").map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
+            (status, cost)
+        }));
+    }
+    let mut ok = 0u64;
+    let mut spent = 0u64;
+    for c in calls {
+        let (status, cost) = c.await.unwrap();
+        match status {
+            StatusCode::OK => {
+                ok += 1;
+                spent += cost.unwrap();
+            }
+            StatusCode::PAYMENT_REQUIRED => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(
+        (1..=4).contains(&ok),
+        "{ok} requests held at once against a balance that covers 4"
+    );
+    // Both processes see the same balance: deposit minus exactly what was charged.
+    for base in [&a.base, &b.base] {
+        let s = session(&http, base, &id, &mac).await;
+        assert_eq!(s["balance_msat"].as_u64().unwrap(), 100_000 - spent);
+        assert_eq!(s["held_msat"], 0);
+    }
+    // And both keep serving it.
+    for base in [&a.base, &b.base] {
+        let r = http
+            .post(format!("{base}/v1/chat/completions"))
+            .bearer_auth(&mac)
+            .json(&json!({"model": "fake-model", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    a.stop().await;
+    b.stop().await;
+    check_ledger(&config);
+    pg.cleanup().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_gateway_killed_mid_request_is_reconciled_at_the_next_start() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let upstream = spawn_fake_openai(FakeBehaviour {
+        reply: "word ".repeat(100),
+        chunk_delay: Duration::from_millis(100),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite://{}", dir.path().join("crash.db").display());
+    let config = write_config(
+        dir.path(),
+        &db_url,
+        &upstream.base_url,
+        "instance_stale_secs = 1",
+    );
+    let a = Gateway::start(&config);
+    let http = reqwest::Client::new();
+    let (id, mac) = new_funded_session(&http, &a.base, 1000).await;
+
+    let mut r = http
+        .post(format!("{}/v1/chat/completions", a.base))
+        .bearer_auth(&mac)
+        .json(&json!({"model": "fake-model", "stream": true, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    r.chunk().await.unwrap().expect("a first chunk");
+    assert!(
+        session(&http, &a.base, &id, &mac).await["held_msat"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    a.kill(); // mid-stream, hold open
+
+    let b = Gateway::start(&config);
+    let mut s = Value::Null;
+    for _ in 0..100 {
+        s = session(&http, &b.base, &id, &mac).await;
+        if s["held_msat"] == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        s["held_msat"], 0,
+        "the dead gateway's hold was not released: {s}"
+    );
+    assert_eq!(
+        s["balance_msat"], 1_000_000,
+        "an abandoned request is not charged"
+    );
+    b.stop().await;
+    check_ledger(&config);
+}
+
+#[tokio::test]
+async fn wallet_pay_prints_the_preimage_of_a_dev_invoice() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let upstream = spawn_fake_openai(FakeBehaviour::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite://{}", dir.path().join("w.db").display());
+    let config = write_config(dir.path(), &db_url, &upstream.base_url, "");
+    let a = Gateway::start(&config);
+    let http = reqwest::Client::new();
+    let v: Value = http
+        .post(format!("{}/v1/sessions", a.base))
+        .json(&json!({"amount_sats": 50}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let bolt11 = v["invoice"]["bolt11"].as_str().unwrap().to_owned();
+    assert!(
+        bolt11.starts_with("lnbcrt"),
+        "dev invoices are regtest: {bolt11}"
+    );
+    let out = tokio::task::spawn_blocking({
+        let base = a.base.clone();
+        move || {
+            Command::new(BIN)
+                .args(["wallet", "pay", &bolt11, "--gateway", &base])
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let preimage = hex::decode(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    use sha2::Digest;
+    assert_eq!(
+        hex::encode(sha2::Sha256::digest(&preimage)),
+        v["invoice"]["payment_hash"].as_str().unwrap()
+    );
+    let s = session(
+        &http,
+        &a.base,
+        v["session_id"].as_str().unwrap(),
+        v["macaroon"].as_str().unwrap(),
+    )
+    .await;
+    assert_eq!(s["state"], "active");
+    // Paying again is refused with a clear message.
+    let again = Command::new(BIN)
+        .args([
+            "wallet",
+            "pay",
+            v["invoice"]["bolt11"].as_str().unwrap(),
+            "--gateway",
+            &a.base,
+        ])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already paid"));
+    a.stop().await;
+}
+
+#[cfg(feature = "local")]
+#[tokio::test]
+async fn the_demo_streams_a_real_answer_from_the_local_model_and_prints_a_receipt() {
+    let out = tokio::task::spawn_blocking(|| {
+        Command::new(BIN)
+            .args(["demo", "--prompt", "What is the capital of France?"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("Paris"), "{stdout}");
+    assert!(stdout.contains("Receipt"), "{stdout}");
+    assert!(stdout.contains("lnbcrt"), "{stdout}");
+    // The receipt's figures are real numbers, not placeholders.
+    let cost_line = stdout.lines().find(|l| l.contains("cost (at BTC")).unwrap();
+    let cost: u64 = cost_line
+        .split_whitespace()
+        .rev()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(cost >= 1000, "{cost_line}");
+}
