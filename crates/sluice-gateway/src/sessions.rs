@@ -80,6 +80,19 @@ fn ms(secs: u64) -> i64 {
     i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
 }
 
+/// The store's record of an invoice the backend created for session `id`.
+fn invoice_row(inv: &Invoice, purpose: InvoicePurpose, id: &str, now: i64) -> NewInvoice {
+    NewInvoice {
+        payment_hash: inv.payment_hash.to_hex(),
+        bolt11: inv.bolt11.clone(),
+        amount: inv.amount,
+        purpose,
+        session_id: id.to_owned(),
+        created_at_ms: now,
+        expires_at_ms: ms(inv.expires_at),
+    }
+}
+
 /// `POST /v1/sessions`
 pub async fn create(
     State(state): State<AppState>,
@@ -97,15 +110,7 @@ pub async fn create(
                 created_at_ms: now,
                 expires_at_ms: ms(inv.expires_at),
             },
-            &NewInvoice {
-                payment_hash: inv.payment_hash.to_hex(),
-                bolt11: inv.bolt11.clone(),
-                amount: inv.amount,
-                purpose: InvoicePurpose::Deposit,
-                session_id: id.clone(),
-                created_at_ms: now,
-                expires_at_ms: ms(inv.expires_at),
-            },
+            &invoice_row(&inv, InvoicePurpose::Deposit, &id, now),
         )
         .await?;
     let expires = u64::try_from(now / 1000)
@@ -179,15 +184,7 @@ pub async fn topup(
     let inv = new_invoice(&state, sats, &format!("sluice session {id} top-up")).await?;
     state
         .store
-        .add_invoice(&NewInvoice {
-            payment_hash: inv.payment_hash.to_hex(),
-            bolt11: inv.bolt11.clone(),
-            amount: inv.amount,
-            purpose: InvoicePurpose::Topup,
-            session_id: id.clone(),
-            created_at_ms: now,
-            expires_at_ms: ms(inv.expires_at),
-        })
+        .add_invoice(&invoice_row(&inv, InvoicePurpose::Topup, &id, now))
         .await?;
     tracing::info!(session_id = %id, amount_sats = sats, "top-up invoice created");
     Ok((

@@ -10,7 +10,7 @@ use sluice_core::TokenUsage;
 
 use super::{
     ChatCall, ChunkStream, Completion, Upstream, UpstreamError, completion_id, completion_object,
-    openai::redact, text_chunk, unix_now, usage_chunk,
+    read_json, send, text_chunk, unix_now, usage_chunk,
 };
 use crate::config::Secret;
 
@@ -53,20 +53,7 @@ impl AnthropicUpstream {
         if let Some(k) = &self.key {
             req = req.header("x-api-key", k.expose());
         }
-        let resp = tokio::time::timeout(self.timeout, req.send())
-            .await
-            .map_err(|_| UpstreamError::Timeout)?
-            .map_err(|e| {
-                if e.is_timeout() {
-                    UpstreamError::Timeout
-                } else {
-                    UpstreamError::Unreachable(redact(&e))
-                }
-            })?;
-        if !resp.status().is_success() {
-            return Err(UpstreamError::Status(resp.status().as_u16()));
-        }
-        Ok(resp)
+        send(req, self.timeout).await
     }
 }
 
@@ -125,10 +112,7 @@ impl Upstream for AnthropicUpstream {
             .unwrap_or_default()
             .to_owned();
         let resp = self.send(to_messages_request(&call, false)).await?;
-        let v: Value = tokio::time::timeout(self.timeout, resp.json())
-            .await
-            .map_err(|_| UpstreamError::Timeout)?
-            .map_err(|e| UpstreamError::Protocol(format!("invalid JSON: {}", redact(&e))))?;
+        let v = read_json(resp, self.timeout).await?;
         let text: String = v
             .get("content")
             .and_then(Value::as_array)

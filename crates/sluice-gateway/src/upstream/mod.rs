@@ -24,6 +24,63 @@ pub struct ChatCall {
     pub max_tokens: u64,
 }
 
+impl ChatCall {
+    /// The upstream's model name, as set in the body.
+    pub fn model(&self) -> String {
+        self.body
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+/// Send `req`, allowing `timeout` for the upstream to start answering; an
+/// error status is an error (its body is not relayed: it may hold internals).
+pub(crate) async fn send(
+    req: reqwest::RequestBuilder,
+    timeout: std::time::Duration,
+) -> Result<reqwest::Response, UpstreamError> {
+    let resp = tokio::time::timeout(timeout, req.send())
+        .await
+        .map_err(|_| UpstreamError::Timeout)?
+        .map_err(|e| {
+            if e.is_timeout() {
+                UpstreamError::Timeout
+            } else {
+                UpstreamError::Unreachable(redact(&e))
+            }
+        })?;
+    if !resp.status().is_success() {
+        return Err(UpstreamError::Status(resp.status().as_u16()));
+    }
+    Ok(resp)
+}
+
+/// The JSON body of an answer, read within `timeout`.
+pub(crate) async fn read_json(
+    resp: reqwest::Response,
+    timeout: std::time::Duration,
+) -> Result<Value, UpstreamError> {
+    tokio::time::timeout(timeout, resp.json())
+        .await
+        .map_err(|_| UpstreamError::Timeout)?
+        .map_err(|e| UpstreamError::Protocol(format!("invalid JSON: {}", redact(&e))))
+}
+
+/// A reqwest error without its URL (which may carry credentials).
+pub(crate) fn redact(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    if let Some(u) = e.url() {
+        s = s.replace(u.as_str(), "<upstream>");
+    }
+    if e.is_connect() {
+        format!("connection failed ({s})")
+    } else {
+        s
+    }
+}
+
 /// A finished non-streaming answer.
 #[derive(Debug, Clone)]
 pub struct Completion {

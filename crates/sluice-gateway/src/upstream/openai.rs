@@ -9,7 +9,9 @@ use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use serde_json::Value;
 
-use super::{ChatCall, ChunkStream, Completion, Upstream, UpstreamError, usage_of};
+use super::{
+    ChatCall, ChunkStream, Completion, Upstream, UpstreamError, read_json, send, usage_of,
+};
 use crate::config::Secret;
 
 /// An OpenAI-compatible upstream.
@@ -47,33 +49,7 @@ impl OpenAiUpstream {
         if let Some(k) = &self.key {
             req = req.bearer_auth(k.expose());
         }
-        let resp = tokio::time::timeout(self.timeout, req.send())
-            .await
-            .map_err(|_| UpstreamError::Timeout)?
-            .map_err(|e| {
-                if e.is_timeout() {
-                    UpstreamError::Timeout
-                } else {
-                    UpstreamError::Unreachable(redact(&e))
-                }
-            })?;
-        if !resp.status().is_success() {
-            return Err(UpstreamError::Status(resp.status().as_u16()));
-        }
-        Ok(resp)
-    }
-}
-
-/// A reqwest error without its URL (which may carry credentials).
-pub(crate) fn redact(e: &reqwest::Error) -> String {
-    let mut s = e.to_string();
-    if let Some(u) = e.url() {
-        s = s.replace(u.as_str(), "<upstream>");
-    }
-    if e.is_connect() {
-        format!("connection failed ({s})")
-    } else {
-        s
+        send(req, self.timeout).await
     }
 }
 
@@ -84,10 +60,7 @@ impl Upstream for OpenAiUpstream {
         body.insert("stream".into(), Value::Bool(false));
         body.remove("stream_options");
         let resp = self.send(&body).await?;
-        let v: Value = tokio::time::timeout(self.timeout, resp.json())
-            .await
-            .map_err(|_| UpstreamError::Timeout)?
-            .map_err(|e| UpstreamError::Protocol(format!("invalid JSON: {}", redact(&e))))?;
+        let v = read_json(resp, self.timeout).await?;
         let choices = v
             .get("choices")
             .and_then(Value::as_array)
