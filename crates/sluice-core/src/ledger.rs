@@ -10,8 +10,20 @@
 //! - `session:<id>` — a session's available balance.
 //! - `session:<id>:held` — what is held for the session's in-flight requests.
 //! - `revenue` — what requests were charged.
+//! - `job:<id>` — what a job's payer has paid for work, held until the job is
+//!   re-priced at its actual cost.
+//! - `refund:<id>` — a refund owed to a payer (only its payable whole sats
+//!   stay here; the sub-sat remainder goes to the pool at the offer).
+//! - `pool:generosity` — refund remainders, dust and unclaimed refunds.
+//! - `lightning:out` — value paid out over Lightning; it grows by exactly what
+//!   has been paid.
+//!
+//! Conservation: what was received (`-lightning:in`) equals session balances +
+//! held + revenue + jobs + owed refunds + pool + paid out (`lightning:out`).
 
-use crate::{AmountError, Msat, Settlement};
+use crate::job::JobPhase;
+use crate::refund::PoolReason;
+use crate::{AmountError, Msat, Settlement, settle};
 
 /// A ledger account.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -24,6 +36,14 @@ pub enum Account {
     SessionHeld(String),
     /// Charged request revenue.
     Revenue,
+    /// What a job's payer has paid, held until the job is re-priced.
+    Job(String),
+    /// A refund owed to a payer.
+    Refund(String),
+    /// The generosity pool: refund remainders, dust and unclaimed refunds.
+    GenerosityPool,
+    /// Value paid out over Lightning goes here.
+    LightningOut,
 }
 
 impl Account {
@@ -34,6 +54,10 @@ impl Account {
             Account::Session(id) => format!("session:{id}"),
             Account::SessionHeld(id) => format!("session:{id}:held"),
             Account::Revenue => "revenue".to_owned(),
+            Account::Job(id) => format!("job:{id}"),
+            Account::Refund(id) => format!("refund:{id}"),
+            Account::GenerosityPool => "pool:generosity".to_owned(),
+            Account::LightningOut => "lightning:out".to_owned(),
         }
     }
 }
@@ -49,6 +73,16 @@ pub enum PostingKind {
     Settle,
     /// A request failed before output: the whole hold released.
     Release,
+    /// A refund became owed to a payer.
+    RefundOwed,
+    /// A refund was paid out over Lightning.
+    RefundPaid,
+    /// (Part of) a refund went to the generosity pool.
+    RefundToPool,
+    /// A job's evaluation or work invoice settled.
+    JobPaid,
+    /// A job phase was re-priced: charged to revenue, the rest owed back.
+    JobSettle,
 }
 
 impl PostingKind {
@@ -59,6 +93,11 @@ impl PostingKind {
             PostingKind::Hold => "hold",
             PostingKind::Settle => "settle",
             PostingKind::Release => "release",
+            PostingKind::RefundOwed => "refund_owed",
+            PostingKind::RefundPaid => "refund_paid",
+            PostingKind::RefundToPool => "refund_to_pool",
+            PostingKind::JobPaid => "job_paid",
+            PostingKind::JobSettle => "job_settle",
         }
     }
 }
@@ -158,6 +197,92 @@ impl Posting {
             vec![
                 (Account::SessionHeld(session.to_owned()), -a),
                 (Account::Session(session.to_owned()), a),
+            ],
+        ))
+    }
+
+    /// A refund becomes owed: `amount` moves from `from` (a session's balance,
+    /// its held funds, or a job account) to `refund:<refund>`.
+    /// Key `refund-owed:<refund>`.
+    pub fn refund_owed(from: Account, refund: &str, amount: Msat) -> Result<Posting, AmountError> {
+        let a = amount.to_i64()?;
+        Ok(Posting::new(
+            PostingKind::RefundOwed,
+            format!("refund-owed:{refund}"),
+            vec![(from, -a), (Account::Refund(refund.to_owned()), a)],
+        ))
+    }
+
+    /// A refund was paid over Lightning. Key `refund-paid:<refund>`: one refund
+    /// can be recorded as paid only once, whatever invoice paid it.
+    pub fn refund_paid(refund: &str, amount: Msat) -> Result<Posting, AmountError> {
+        let a = amount.to_i64()?;
+        Ok(Posting::new(
+            PostingKind::RefundPaid,
+            format!("refund-paid:{refund}"),
+            vec![
+                (Account::Refund(refund.to_owned()), -a),
+                (Account::LightningOut, a),
+            ],
+        ))
+    }
+
+    /// (Part of) a refund goes to the generosity pool. Key `refund-pool:<refund>`
+    /// for what is pooled at the offer (the sub-sat remainder or a whole dust
+    /// refund; never both) and `refund-expired:<refund>` for an unclaimed payout.
+    pub fn refund_to_pool(
+        refund: &str,
+        amount: Msat,
+        reason: PoolReason,
+    ) -> Result<Posting, AmountError> {
+        let a = amount.to_i64()?;
+        let key = match reason {
+            PoolReason::Remainder | PoolReason::Dust => format!("refund-pool:{refund}"),
+            PoolReason::Expired => format!("refund-expired:{refund}"),
+        };
+        Ok(Posting::new(
+            PostingKind::RefundToPool,
+            key,
+            vec![
+                (Account::Refund(refund.to_owned()), -a),
+                (Account::GenerosityPool, a),
+            ],
+        ))
+    }
+
+    /// A job's evaluation or work invoice settled: the value is held on the job.
+    /// Key `job-paid:<payment_hash>`, like a deposit.
+    pub fn job_paid(job: &str, payment_hash: &str, amount: Msat) -> Result<Posting, AmountError> {
+        let a = amount.to_i64()?;
+        Ok(Posting::new(
+            PostingKind::JobPaid,
+            format!("job-paid:{payment_hash}"),
+            vec![
+                (Account::LightningIn, -a),
+                (Account::Job(job.to_owned()), a),
+            ],
+        ))
+    }
+
+    /// A job phase is re-priced: of `paid`, `min(actual_charge, paid)` goes to
+    /// revenue and the rest is owed back on `refund:<refund>` (a failed phase
+    /// passes `actual_charge = 0`: everything is owed back). Key
+    /// `job-settle:<job>:<phase>`, so each phase settles once.
+    pub fn job_settle(
+        job: &str,
+        phase: JobPhase,
+        refund: &str,
+        paid: Msat,
+        actual_charge: Msat,
+    ) -> Result<Posting, AmountError> {
+        let s = settle(paid, actual_charge);
+        Ok(Posting::new(
+            PostingKind::JobSettle,
+            format!("job-settle:{job}:{}", phase.as_str()),
+            vec![
+                (Account::Job(job.to_owned()), -paid.to_i64()?),
+                (Account::Revenue, s.charged.to_i64()?),
+                (Account::Refund(refund.to_owned()), s.released.to_i64()?),
             ],
         ))
     }
@@ -275,6 +400,194 @@ mod tests {
                 let kept: i64 = b.balances.iter().filter(|(a, _)| **a != Account::LightningIn).map(|(_, v)| *v).sum();
                 prop_assert_eq!(kept, b.deposited); // deposits = balances + held + revenue
                 prop_assert_eq!(-b.bal(&Account::LightningIn), b.deposited);
+            }
+        }
+    }
+
+    /// Jobs and refunds on top of sessions: every event goes through the pure
+    /// job and refund rules, and the postings they call for keep the books whole.
+    #[derive(Debug, Clone)]
+    enum Flow {
+        Deposit {
+            session: u8,
+            sats: u32,
+        },
+        JobPaid {
+            job: u8,
+            phase: bool,
+            sats: u32,
+        },
+        JobSettle {
+            job: u8,
+            phase: bool,
+            actual: u32,
+        },
+        SessionRefund {
+            session: u8,
+            msat: u32,
+        },
+        Claim {
+            which: u8,
+            off_by: i8,
+            hash: u8,
+            now: i64,
+        },
+        Outcome {
+            which: u8,
+            hash: u8,
+            kind: u8,
+        },
+        Expire {
+            which: u8,
+            now: i64,
+        },
+    }
+
+    fn flow() -> impl Strategy<Value = Flow> {
+        let phase = any::<bool>();
+        prop_oneof![
+            (0u8..3, 1u32..5_000).prop_map(|(session, sats)| Flow::Deposit { session, sats }),
+            (0u8..4, phase, 1u32..5_000).prop_map(|(job, phase, sats)| Flow::JobPaid {
+                job,
+                phase,
+                sats
+            }),
+            (0u8..4, phase, 0u32..6_000_000).prop_map(|(job, phase, actual)| Flow::JobSettle {
+                job,
+                phase,
+                actual
+            }),
+            (0u8..3, 1u32..3_000_000)
+                .prop_map(|(session, msat)| Flow::SessionRefund { session, msat }),
+            (any::<u8>(), -1i8..2, 0u8..3, 0i64..2_000).prop_map(|(which, off_by, hash, now)| {
+                Flow::Claim {
+                    which,
+                    off_by,
+                    hash,
+                    now,
+                }
+            }),
+            (any::<u8>(), 0u8..3, 0u8..3).prop_map(|(which, hash, kind)| Flow::Outcome {
+                which,
+                hash,
+                kind
+            }),
+            (any::<u8>(), 0i64..2_000).prop_map(|(which, now)| Flow::Expire { which, now }),
+        ]
+    }
+
+    fn offer(
+        b: &mut Book,
+        refunds: &mut BTreeMap<String, crate::Refund>,
+        id: String,
+        amount: Msat,
+    ) {
+        let step = crate::refund::transition(
+            &crate::Refund::new(),
+            crate::RefundEvent::Offer {
+                amount,
+                dust_threshold: Msat::from_msat(3_000),
+                expires_at_ms: 1_000,
+            },
+        )
+        .unwrap();
+        for p in step.postings(&id).unwrap() {
+            assert!(b.post(p));
+        }
+        refunds.insert(id, step.refund);
+    }
+
+    proptest! {
+        #[test]
+        fn value_is_conserved_with_jobs_and_refunds(flows in proptest::collection::vec(flow(), 1..200)) {
+            use crate::{JobPhase, RefundEvent, RefundState};
+            let mut b = Book::default();
+            let mut refunds: BTreeMap<String, crate::Refund> = BTreeMap::new();
+            let mut job_paid: BTreeMap<(u8, bool), Msat> = BTreeMap::new();
+            let mut paid_out = 0i64;
+            for f in flows {
+                match f {
+                    Flow::Deposit { session, sats } => {
+                        let amount = Msat::from_sats(sats as u64).unwrap();
+                        b.next += 1;
+                        let p = Posting::deposit(&format!("s{session}"), &format!("d{}", b.next), amount).unwrap();
+                        prop_assert!(b.post(p));
+                        b.deposited += amount.to_i64().unwrap();
+                    }
+                    Flow::JobPaid { job, phase, sats } => {
+                        let amount = Msat::from_sats(sats as u64).unwrap();
+                        // One invoice per job phase: a repeated settlement event credits nothing.
+                        let p = Posting::job_paid(&format!("j{job}"), &format!("j{job}-{phase}"), amount).unwrap();
+                        if b.post(p) {
+                            b.deposited += amount.to_i64().unwrap();
+                            job_paid.insert((job, phase), amount);
+                        }
+                    }
+                    Flow::JobSettle { job, phase, actual } => {
+                        if let Some(&paid) = job_paid.get(&(job, phase)) {
+                            let ph = if phase { JobPhase::Work } else { JobPhase::Eval };
+                            let refund_id = format!("j{job}-{}", ph.as_str());
+                            let actual = Msat::from_msat(actual as u64);
+                            let p = Posting::job_settle(&format!("j{job}"), ph, &refund_id, paid, actual).unwrap();
+                            if b.post(p) {
+                                offer(&mut b, &mut refunds, refund_id, crate::refund_amount(paid, actual));
+                            }
+                        }
+                    }
+                    Flow::SessionRefund { session, msat } => {
+                        let s = Account::Session(format!("s{session}"));
+                        let amount = Msat::from_msat(msat as u64);
+                        if b.bal(&s) >= amount.to_i64().unwrap() {
+                            b.next += 1;
+                            let id = format!("close{}", b.next);
+                            prop_assert!(b.post(Posting::refund_owed(s, &id, amount).unwrap()));
+                            offer(&mut b, &mut refunds, id, amount);
+                        }
+                    }
+                    Flow::Claim { .. } | Flow::Outcome { .. } | Flow::Expire { .. } => {
+                        let which = match f { Flow::Claim { which, .. } | Flow::Outcome { which, .. } | Flow::Expire { which, .. } => which, _ => 0 };
+                        let Some(id) = refunds.keys().nth(which as usize % refunds.len().max(1)).cloned() else { continue };
+                        let r = refunds[&id].clone();
+                        let event = match f {
+                            Flow::Claim { off_by, hash, now, .. } => RefundEvent::Claim {
+                                invoice_amount: Msat::from_msat(r.payout.msat().saturating_add_signed(i64::from(off_by))),
+                                invoice_hash: format!("{id}-i{hash}"),
+                                now_ms: now,
+                            },
+                            Flow::Outcome { hash, kind: 0, .. } => RefundEvent::PayoutSucceeded { payment_hash: format!("{id}-i{hash}"), preimage: "p".into() },
+                            Flow::Outcome { hash, kind: 1, .. } => RefundEvent::PayoutFailed { payment_hash: format!("{id}-i{hash}") },
+                            Flow::Outcome { hash, .. } => RefundEvent::PayoutUnknown { payment_hash: format!("{id}-i{hash}") },
+                            Flow::Expire { now, .. } => RefundEvent::Expire { now_ms: now },
+                            _ => continue,
+                        };
+                        if let Ok(step) = crate::refund::transition(&r, event) {
+                            for p in step.postings(&id).unwrap() {
+                                if p.kind == PostingKind::RefundPaid {
+                                    paid_out += p.legs.iter().find(|l| l.account == Account::LightningOut).unwrap().amount_msat;
+                                }
+                                prop_assert!(b.post(p), "a refund posting repeated an idempotency key");
+                            }
+                            refunds.insert(id, step.refund);
+                        }
+                    }
+                }
+                for (a, v) in &b.balances {
+                    if *a != Account::LightningIn { prop_assert!(*v >= 0, "{:?} went negative: {}", a, v); }
+                }
+                prop_assert_eq!(b.balances.values().sum::<i64>(), 0);
+                // received = balances + held + revenue + jobs + owed refunds + pool + paid out
+                prop_assert_eq!(-b.bal(&Account::LightningIn), b.deposited);
+                prop_assert_eq!(b.bal(&Account::LightningOut), paid_out);
+                let kept: i64 = b.balances.iter().filter(|(a, _)| **a != Account::LightningIn).map(|(_, v)| *v).sum();
+                prop_assert_eq!(kept, b.deposited);
+                // A refund account holds exactly what can still be claimed.
+                for (id, r) in &refunds {
+                    let owed = b.bal(&Account::Refund(id.clone()));
+                    match r.state {
+                        RefundState::Pending | RefundState::Paying => prop_assert_eq!(owed, r.payout.to_i64().unwrap()),
+                        _ => prop_assert_eq!(owed, 0),
+                    }
+                }
             }
         }
     }

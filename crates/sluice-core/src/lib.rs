@@ -16,15 +16,30 @@
 
 pub mod amount;
 pub mod estimate;
+pub mod job;
 pub mod ledger;
 pub mod price;
+pub mod quantile;
+pub mod refund;
 pub mod session;
 pub mod settle;
 
 pub use amount::{AmountError, Msat};
 pub use estimate::{Estimate, EstimateError, OutputBudget, output_budget, reserve};
+pub use job::{
+    DEFAULT_MAX_REQUEST_CHARS, JobError, JobEvent, JobPhase, JobState, RestartAction, on_restart,
+    validate_request,
+};
 pub use ledger::{Account, Leg, Posting, PostingKind};
 pub use price::{BtcUsd, ModelRates, PriceError, TokenUsage, UsdMicros, charge_for};
+pub use quantile::{
+    Calibration, EstimatorConfig, EstimatorState, OutputEstimator, Percentile, Prior,
+    QuantileError, Quote, QuoteRequest, RequestClass, confidence, quote,
+};
+pub use refund::{
+    DEFAULT_DUST_THRESHOLD, PoolReason, Refund, RefundEffect, RefundError, RefundEvent,
+    RefundSplit, RefundState, RefundStep, payable_sats, refund_amount, split_refund,
+};
 pub use session::{SessionPolicy, SessionPolicyError, SessionState, effective_state};
 pub use settle::{Settlement, settle};
 
