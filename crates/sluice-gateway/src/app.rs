@@ -35,7 +35,13 @@ pub fn app(state: AppState, max_body_bytes: usize) -> Router {
     let mut router = Router::new()
         .route("/healthz", get(healthz))
         .route("/v1/models", get(models))
-        .route("/v1/chat/completions", post(chat::chat_completions))
+        .route(
+            "/v1/chat/completions",
+            post(chat::chat_completions).route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                ratelimit::limit_anonymous,
+            )),
+        )
         .route("/v1/sessions/{id}", get(sessions::get))
         .route("/v1/sessions/{id}/topup", post(sessions::topup))
         .merge(public);

@@ -1,7 +1,7 @@
-//! Bearer macaroon authentication for sessions.
+//! Who pays for a request: a session's bearer macaroon, or an L402 token.
 
 use axum::http::{HeaderMap, header};
-use sluice_proto::macaroon::{self, Macaroon, MacaroonError, SessionClaims};
+use sluice_proto::macaroon::{self, Macaroon, MacaroonError, SessionClaims, SpendCap};
 
 use crate::{error::ApiError, state::AppState};
 
@@ -14,16 +14,49 @@ pub struct SessionAuth {
     pub claims: SessionClaims,
 }
 
+/// The balance a request is paid from, and what the credential allows.
+#[derive(Debug, Clone)]
+pub struct Payer {
+    /// The session (or L402 token balance) that pays.
+    pub session_id: String,
+    /// Models allowed; `None` = all.
+    pub models: Option<Vec<String>>,
+    /// Spend caps to respect.
+    pub spend_caps: Vec<SpendCap>,
+    /// The L402 token id, when paid by L402.
+    pub l402_token: Option<[u8; 32]>,
+}
+
+impl From<SessionAuth> for Payer {
+    fn from(a: SessionAuth) -> Payer {
+        Payer {
+            session_id: a.session_id,
+            models: a.claims.models,
+            spend_caps: a.claims.spend_caps,
+            l402_token: None,
+        }
+    }
+}
+
+/// The `Authorization` header, if any.
+pub fn authorization(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    headers
+        .get(header::AUTHORIZATION)
+        .map(|h| {
+            h.to_str().map_err(|_| {
+                ApiError::unauthorized("invalid_credential", "malformed Authorization header")
+            })
+        })
+        .transpose()
+}
+
 /// The bearer token from `Authorization`.
 fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
-    let h = headers.get(header::AUTHORIZATION).ok_or_else(|| {
+    let s = authorization(headers)?.ok_or_else(|| {
         ApiError::unauthorized(
             "missing_credential",
             "missing Authorization: Bearer <macaroon>; create a session with POST /v1/sessions",
         )
-    })?;
-    let s = h.to_str().map_err(|_| {
-        ApiError::unauthorized("invalid_credential", "malformed Authorization header")
     })?;
     let (scheme, token) = s.split_once(' ').unwrap_or((s, ""));
     if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
@@ -75,4 +108,19 @@ pub fn authenticate_for(
         ));
     }
     Ok(auth)
+}
+
+/// The payer of a paid request: `None` when no credential was sent.
+pub async fn payer(
+    state: &AppState,
+    headers: &HeaderMap,
+    now_unix: u64,
+) -> Result<Option<Payer>, ApiError> {
+    match authorization(headers)? {
+        None => Ok(None),
+        Some(h) if sluice_proto::l402::is_l402(h) => {
+            Ok(Some(crate::l402::authenticate(state, h).await?))
+        }
+        Some(_) => Ok(Some(authenticate(state, headers, now_unix)?.into())),
+    }
 }

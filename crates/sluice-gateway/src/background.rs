@@ -23,9 +23,17 @@ pub fn heartbeat_every(stale_after: Duration) -> Duration {
 /// Credit one settled invoice (idempotent).
 pub async fn credit(state: &AppState, hash: &PaymentHash, preimage_hex: &str) {
     let h = hash.to_hex();
+    let policy = match state.store.invoice(&h).await {
+        Ok(Some(inv)) => state.policy_for(&inv.session_id),
+        Ok(None) => return, // not an invoice of this gateway
+        Err(e) => {
+            tracing::error!(payment_hash = %h, error = %e, "could not read an invoice");
+            return;
+        }
+    };
     match state
         .store
-        .credit_invoice(&h, preimage_hex, now_ms(), &state.policy)
+        .credit_invoice(&h, preimage_hex, now_ms(), &policy)
         .await
     {
         Ok(Credit::Credited {
@@ -88,7 +96,12 @@ pub async fn reconcile_abandoned(state: &AppState) {
     for r in open {
         match state
             .store
-            .release(&r.id, RequestStatus::Abandoned, now_ms(), &state.policy)
+            .release(
+                &r.id,
+                RequestStatus::Abandoned,
+                now_ms(),
+                &state.policy_for(&r.session_id),
+            )
             .await
         {
             Ok(s) => {

@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::{
-    auth::authenticate,
+    auth,
     error::ApiError,
     request::ChatBody,
     state::{AppState, ModelEntry, new_id, now_ms},
@@ -40,6 +40,7 @@ use crate::{
 struct Meter {
     state: AppState,
     request_id: String,
+    session_id: String,
     public_model: String,
     rates: sluice_core::ModelRates,
     tokenizer: crate::config::TokenizerKind,
@@ -70,7 +71,7 @@ impl Meter {
                 latency_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
                 status,
                 now_ms: now_ms(),
-                policy: self.state.policy,
+                policy: self.state.policy_for(&self.session_id),
             })
             .await?;
         tracing::info!(
@@ -94,7 +95,7 @@ impl Meter {
                 &self.request_id,
                 RequestStatus::Failed,
                 now_ms(),
-                &self.state.policy,
+                &self.state.policy_for(&self.session_id),
             )
             .await
         {
@@ -169,7 +170,7 @@ pub async fn chat_completions(
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let now = now_ms();
-    let auth = authenticate(&state, &headers, u64::try_from(now / 1000).unwrap_or(0))?;
+    let payer = auth::payer(&state, &headers, u64::try_from(now / 1000).unwrap_or(0)).await?;
     let Json(v) = body?;
     let req = ChatBody::parse(v)?;
     let model: &ModelEntry = state.models.get(&req.model).ok_or_else(|| {
@@ -181,7 +182,7 @@ pub async fn chat_completions(
             ),
         )
     })?;
-    if let Some(allowed) = &auth.claims.models
+    if let Some(allowed) = payer.as_ref().and_then(|p| p.models.as_ref())
         && !allowed.iter().any(|m| m == &req.model)
     {
         return Err(ApiError::forbidden(
@@ -198,11 +199,19 @@ pub async fn chat_completions(
     let max_out = output_budget(req.max_tokens, model.budget, input).map_err(estimate_error)?;
     let (btc, _) = state.oracle.btc_usd().await;
     let est = reserve(&model.rates, btc, input, max_out).map_err(estimate_error)?;
+    let Some(payer) = payer else {
+        if state.l402.enabled {
+            return crate::l402::challenge(&state, est.hold, None, "payment required").await;
+        }
+        return Err(ApiError::unauthorized(
+            "missing_credential",
+            "missing Authorization: Bearer <macaroon>; create a session with POST /v1/sessions",
+        ));
+    };
 
     // Hold, atomically.
     let request_id = new_id("req");
-    let caps = auth
-        .claims
+    let caps = payer
         .spend_caps
         .iter()
         .map(|c| SpendCap {
@@ -214,7 +223,7 @@ pub async fn chat_completions(
         .store
         .hold(&NewHold {
             request_id: request_id.clone(),
-            session_id: auth.session_id.clone(),
+            session_id: payer.session_id.clone(),
             model: model.name.clone(),
             est_input_tokens: input,
             max_output_tokens: max_out,
@@ -230,13 +239,23 @@ pub async fn chat_completions(
     let balance_after_hold = match outcome {
         HoldOutcome::Held { balance } => balance,
         HoldOutcome::Insufficient { balance } => {
+            if let Some(token) = payer.l402_token {
+                let top_up = est.hold.saturating_sub(balance);
+                return crate::l402::challenge(
+                    &state,
+                    top_up,
+                    Some(token),
+                    "this token's balance is too low",
+                )
+                .await;
+            }
             return Err(ApiError::payment_required(
                 "insufficient_balance",
                 format!(
                     "this request may cost up to {} msat ({input} input tokens + up to {max_out} output tokens) and the session has {} msat available; top up with POST /v1/sessions/{}/topup or lower max_tokens",
                     est.hold.msat(),
                     balance.msat(),
-                    auth.session_id
+                    payer.session_id
                 ),
             ));
         }
@@ -285,6 +304,7 @@ pub async fn chat_completions(
     let meter = Meter {
         state: state.clone(),
         request_id: request_id.clone(),
+        session_id: payer.session_id.clone(),
         public_model: model.name.clone(),
         rates: model.rates,
         tokenizer: model.tokenizer,

@@ -60,6 +60,8 @@ pub struct Config {
     pub sessions: SessionsConfig,
     /// Defaults applied to every model's price.
     pub pricing: PricingConfig,
+    /// L402 pay-per-request.
+    pub l402: L402Config,
     /// Models for sale. Empty: the bundled local model.
     pub models: Vec<ModelConfig>,
 }
@@ -204,6 +206,25 @@ impl Default for SessionsConfig {
             max_deposit_sats: 1_000_000,
             min_balance_sats: 10,
             ttl_secs: 86_400,
+        }
+    }
+}
+
+/// `[l402]`: pay-per-request with L402 tokens (Aperture-compatible).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct L402Config {
+    /// Answer unauthenticated paid requests with a 402 challenge (else 401).
+    pub enabled: bool,
+    /// Seconds a token stays valid (its `sluice_valid_until` caveat).
+    pub valid_secs: u64,
+}
+
+impl Default for L402Config {
+    fn default() -> Self {
+        L402Config {
+            enabled: true,
+            valid_secs: 30 * 86_400,
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod background;
 pub mod chat;
 pub mod config;
 pub mod error;
+pub mod l402;
 pub mod oracle;
 pub mod ratelimit;
 pub mod request;

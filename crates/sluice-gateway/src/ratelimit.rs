@@ -61,6 +61,18 @@ impl RateLimiter {
     }
 }
 
+/// Middleware applying the limiter only to requests without credentials (an
+/// unauthenticated paid request creates an L402 invoice and token).
+pub async fn limit_anonymous(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if req
+        .headers()
+        .contains_key(axum::http::header::AUTHORIZATION)
+    {
+        return next.run(req).await;
+    }
+    limit(State(state), req, next).await
+}
+
 /// Middleware applying the limiter.
 pub async fn limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let ip = req

@@ -39,7 +39,7 @@ fn policy_error(e: SessionPolicyError) -> ApiError {
     }
 }
 
-fn lightning_error(e: LightningError) -> ApiError {
+pub(crate) fn lightning_error(e: LightningError) -> ApiError {
     tracing::error!(error = %e, "lightning backend failed");
     ApiError::unavailable(
         "lightning_unavailable",
@@ -47,7 +47,7 @@ fn lightning_error(e: LightningError) -> ApiError {
     )
 }
 
-fn invoice_json(state: &AppState, inv: &Invoice) -> Value {
+pub(crate) fn invoice_json(state: &AppState, inv: &Invoice) -> Value {
     let mut v = json!({
         "bolt11": inv.bolt11,
         "payment_hash": inv.payment_hash.to_hex(),
@@ -76,12 +76,17 @@ async fn new_invoice(state: &AppState, sats: u64, memo: &str) -> Result<Invoice,
         .map_err(lightning_error)
 }
 
-fn ms(secs: u64) -> i64 {
+pub(crate) fn ms(secs: u64) -> i64 {
     i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
 }
 
 /// The store's record of an invoice the backend created for session `id`.
-fn invoice_row(inv: &Invoice, purpose: InvoicePurpose, id: &str, now: i64) -> NewInvoice {
+pub(crate) fn invoice_row(
+    inv: &Invoice,
+    purpose: InvoicePurpose,
+    id: &str,
+    now: i64,
+) -> NewInvoice {
     NewInvoice {
         payment_hash: inv.payment_hash.to_hex(),
         bolt11: inv.bolt11.clone(),

@@ -64,6 +64,23 @@ pub struct AppState {
     pub poll_interval: Duration,
     /// A process silent this long is presumed dead (its holds are released).
     pub stale_after: Duration,
+    /// L402 settings.
+    pub l402: crate::config::L402Config,
+}
+
+impl AppState {
+    /// The session rules for a balance: L402 tokens have no minimum balance
+    /// (they are prepaid per request), sessions have the configured one.
+    pub fn policy_for(&self, session_id: &str) -> SessionPolicy {
+        if crate::l402::is_token_session(session_id) {
+            SessionPolicy {
+                min_balance: sluice_core::Msat::ZERO,
+                ..self.policy
+            }
+        } else {
+            self.policy
+        }
+    }
 }
 
 /// Unix milliseconds now.

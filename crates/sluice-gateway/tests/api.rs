@@ -6,6 +6,7 @@
 mod api {
     mod failures;
     pub mod helpers;
+    mod l402;
     mod lnbits;
     mod paid_path;
     mod upstreams;

@@ -505,6 +505,33 @@ macro_rules! store_impl {
                 parse_secret(&value)
             }
 
+            async fn secret_get(&self, name: &str) -> Result<Option<[u8; 32]>, StoreError> {
+                let value: Option<String> = sqlx::query_scalar("SELECT value FROM secrets WHERE name = $1")
+                    .bind(name)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                value.as_deref().map(parse_secret).transpose()
+            }
+
+            async fn secret_delete(&self, name: &str) -> Result<bool, StoreError> {
+                let mut tx = self.begin_write().await?;
+                let n = sqlx::query("DELETE FROM secrets WHERE name = $1").bind(name).execute(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(n.rows_affected() > 0)
+            }
+
+            async fn session_invoices(&self, session_id: &str) -> Result<Vec<InvoiceRow>, StoreError> {
+                let raws: Vec<$crate::common::InvoiceRaw> = sqlx::query_as(concat!(
+                    "SELECT ",
+                    invoice_columns!(),
+                    " FROM invoices WHERE session_id = $1 ORDER BY created_at DESC, payment_hash"
+                ))
+                .bind(session_id)
+                .fetch_all(&self.pool)
+                .await?;
+                raws.into_iter().map(InvoiceRow::try_from).collect()
+            }
+
             async fn create_session(&self, session: &NewSession, deposit: &NewInvoice) -> Result<(), StoreError> {
                 if deposit.session_id != session.id {
                     return Err(StoreError::Conflict("the deposit invoice is for another session".to_owned()));

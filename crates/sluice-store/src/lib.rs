@@ -426,6 +426,15 @@ pub trait Store: Send + Sync + 'static {
     /// for and the same for every process on this database afterwards.
     async fn secret(&self, name: &str, fresh: [u8; 32]) -> Result<[u8; 32], StoreError>;
 
+    /// A named secret, if it exists (never creates one).
+    async fn secret_get(&self, name: &str) -> Result<Option<[u8; 32]>, StoreError>;
+
+    /// Delete a named secret (revoking whatever it signs); true if it existed.
+    async fn secret_delete(&self, name: &str) -> Result<bool, StoreError>;
+
+    /// Every invoice of a session, newest first.
+    async fn session_invoices(&self, session_id: &str) -> Result<Vec<InvoiceRow>, StoreError>;
+
     /// Create a session with its deposit invoice, atomically.
     async fn create_session(
         &self,

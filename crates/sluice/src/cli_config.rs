@@ -66,6 +66,8 @@ mod tests {
         assert_eq!(cfg.oracle.timeout_secs, d.oracle.timeout_secs);
         assert_eq!(cfg.sessions.min_deposit_sats, d.sessions.min_deposit_sats);
         assert_eq!(cfg.sessions.ttl_secs, d.sessions.ttl_secs);
+        assert_eq!(cfg.l402.enabled, d.l402.enabled);
+        assert_eq!(cfg.l402.valid_secs, d.l402.valid_secs);
         assert_eq!(cfg.models.len(), 1);
         assert_eq!(cfg.models[0].default_max_tokens, 512);
     }

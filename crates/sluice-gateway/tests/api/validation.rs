@@ -48,8 +48,8 @@ async fn bad_requests_are_refused_and_change_nothing() {
         (
             json!({"model": "fake-model", "messages": user("hi")}),
             None,
-            StatusCode::UNAUTHORIZED,
-            "missing_credential",
+            StatusCode::PAYMENT_REQUIRED,
+            "payment_required",
         ),
         (
             json!({"model": "fake-model", "messages": user("hi")}),
@@ -143,6 +143,24 @@ async fn bad_requests_are_refused_and_change_nothing() {
 }
 
 #[tokio::test]
+async fn without_l402_a_missing_credential_is_a_401() {
+    let app = TestApp::spawn_with(Db::Sqlite, Default::default(), |c| c.l402.enabled = false).await;
+    let r = app
+        .post(
+            "/v1/chat/completions",
+            json!({"model": "fake-model", "messages": user("hi")}),
+            None,
+        )
+        .await;
+    assert_eq!(r.headers()["www-authenticate"], "Bearer realm=\"sluice\"");
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::UNAUTHORIZED, "missing_credential".into())
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn insufficient_balance_is_a_clear_402() {
     let app = TestApp::spawn(Db::Sqlite).await;
     let (id, mac) = app.funded_session(10).await; // 10,000 msat
@@ -177,16 +195,16 @@ async fn insufficient_balance_is_a_clear_402() {
 #[tokio::test]
 async fn unauthenticated_endpoints_are_rate_limited() {
     let app = TestApp::spawn_with(Db::Sqlite, Default::default(), |c| {
-        c.server.public_rate_per_minute = 3
+        c.server.public_rate_per_minute = 4
     })
     .await;
-    for _ in 0..3 {
-        assert_eq!(
-            app.post("/v1/sessions", json!({"amount_sats": 100}), None)
-                .await
-                .status(),
-            StatusCode::CREATED
-        );
+    // Creating and paying a session: two unauthenticated requests.
+    let (_, mac) = app.funded_session(100).await;
+    for _ in 0..2 {
+        let r = app
+            .post("/v1/sessions", json!({"amount_sats": 100}), None)
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
     }
     let r = app
         .post("/v1/sessions", json!({"amount_sats": 100}), None)
@@ -196,5 +214,14 @@ async fn unauthenticated_endpoints_are_rate_limited() {
         error_code(r).await,
         (StatusCode::TOO_MANY_REQUESTS, "rate_limited".into())
     );
+    // So are L402 challenges (they create invoices too)...
+    let ask = json!({"model": "fake-model", "max_tokens": 10, "messages": user("hi")});
+    let r = app.post("/v1/chat/completions", ask.clone(), None).await;
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::TOO_MANY_REQUESTS, "rate_limited".into())
+    );
+    // ...but not paying clients.
+    assert_eq!(app.chat(&mac, ask).await.status(), StatusCode::OK);
     app.stop().await;
 }

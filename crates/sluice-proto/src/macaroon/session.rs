@@ -397,7 +397,7 @@ pub fn verify_session_with_server_secret(
     verify_session_macaroon(m, &session_root_key(server_secret, &session_id), now_unix)
 }
 
-fn spend_cap_key(prefix_signature: &[u8; SIGNATURE_LEN]) -> String {
+pub(crate) fn spend_cap_key(prefix_signature: &[u8; SIGNATURE_LEN]) -> String {
     let mut hasher = Sha256::new();
     hasher.update(SPEND_CAP_LABEL);
     hasher.update(prefix_signature);

@@ -906,6 +906,31 @@ pub async fn secret_is_stable(db: &TestDb) {
     );
 }
 
+pub async fn secrets_can_be_read_without_creating_and_deleted(db: &TestDb) {
+    let store = &*db.store;
+    assert_eq!(store.secret_get("l402:abc").await.unwrap(), None);
+    assert_eq!(store.secret("l402:abc", [3; 32]).await.unwrap(), [3; 32]);
+    assert_eq!(store.secret_get("l402:abc").await.unwrap(), Some([3; 32]));
+    assert!(store.secret_delete("l402:abc").await.unwrap());
+    assert!(!store.secret_delete("l402:abc").await.unwrap());
+    assert_eq!(store.secret_get("l402:abc").await.unwrap(), None);
+}
+
+pub async fn session_invoices_lists_every_invoice_of_one_session(db: &TestDb) {
+    let store = &*db.store;
+    let (s, deposit) = new_session("s-inv", 1_000);
+    store.create_session(&s, &deposit).await.unwrap();
+    let (other, other_deposit) = new_session("s-other", 1_000);
+    store.create_session(&other, &other_deposit).await.unwrap();
+    let mut topup = invoice("h-topup", "s-inv", 500, InvoicePurpose::Topup);
+    topup.created_at_ms = deposit.created_at_ms + 1;
+    store.add_invoice(&topup).await.unwrap();
+    let list = store.session_invoices("s-inv").await.unwrap();
+    let hashes: Vec<&str> = list.iter().map(|i| i.payment_hash.as_str()).collect();
+    assert_eq!(hashes, vec!["h-topup", deposit.payment_hash.as_str()], "newest first");
+    assert!(store.session_invoices("nope").await.unwrap().is_empty());
+}
+
 pub async fn dev_invoices(db: &TestDb) {
     let store = &*db.store;
     assert!(store.dev_invoice("h1").await.unwrap().is_none());
