@@ -28,6 +28,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub fn app(state: AppState, max_body_bytes: usize) -> Router {
     let public = Router::new()
         .route("/v1/sessions", post(sessions::create))
+        .route("/v1/estimate", post(crate::pricing::estimate))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             ratelimit::limit,
@@ -35,6 +36,7 @@ pub fn app(state: AppState, max_body_bytes: usize) -> Router {
     let mut router = Router::new()
         .route("/healthz", get(healthz))
         .route("/v1/models", get(models))
+        .route("/metrics", get(metrics))
         .route(
             "/v1/chat/completions",
             post(chat::chat_completions).route_layer(middleware::from_fn_with_state(
@@ -126,6 +128,18 @@ pub async fn serve(
 
 async fn not_found() -> ApiError {
     ApiError::not_found("not_found", "no such endpoint")
+}
+
+async fn metrics(
+    State(state): State<AppState>,
+) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        state.estimates.metrics(),
+    )
 }
 
 async fn healthz(State(state): State<AppState>) -> Json<Value> {

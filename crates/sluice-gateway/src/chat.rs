@@ -22,7 +22,7 @@ use axum::{
 use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::{Value, json};
-use sluice_core::{BtcUsd, EstimateError, Msat, TokenUsage, charge_for, output_budget, reserve};
+use sluice_core::{BtcUsd, Msat, TokenUsage, charge_for};
 use sluice_store::{HoldOutcome, NewHold, RequestStatus, SettleRequest, Settled, SpendCap};
 use tokio::sync::mpsc;
 use tracing::Instrument;
@@ -31,7 +31,7 @@ use crate::{
     auth,
     error::ApiError,
     request::ChatBody,
-    state::{AppState, ModelEntry, new_id, now_ms},
+    state::{AppState, new_id, now_ms},
     tokens,
     upstream::{ChatCall, ChunkStream, Upstream, UpstreamError, chunk_text, usage_of},
 };
@@ -49,6 +49,9 @@ struct Meter {
     input_estimate: u64,
     upstream: Arc<dyn Upstream>,
     started: Instant,
+    class: sluice_core::RequestClass,
+    default_max_output: u64,
+    p90_cost: Option<Msat>,
 }
 
 impl Meter {
@@ -61,6 +64,7 @@ impl Meter {
     async fn settle(&self, usage: TokenUsage, status: RequestStatus) -> Result<Settled, ApiError> {
         let actual =
             charge_for(&self.rates, usage, self.btc).map_err(|e| ApiError::internal(&e))?;
+        self.learn(usage.output, actual);
         let s = self
             .state
             .store
@@ -84,6 +88,25 @@ impl Meter {
             "request settled"
         );
         Ok(s)
+    }
+
+    /// Learn the output length and the estimate's calibration, off the response path.
+    fn learn(&self, output_tokens: u64, actual: Msat) {
+        let Some(p90_estimate) = self.p90_cost else {
+            return;
+        };
+        let o = crate::estimates::Observed {
+            model: self.public_model.clone(),
+            class: self.class,
+            default_max_output: self.default_max_output,
+            output_tokens,
+            actual,
+            p90_estimate,
+        };
+        let state = self.state.clone();
+        self.state
+            .tasks
+            .spawn(async move { state.estimates.observe(&state.store, o).await });
     }
 
     async fn release(&self, why: &UpstreamError) {
@@ -149,16 +172,6 @@ fn upstream_error(e: &UpstreamError) -> ApiError {
     }
 }
 
-fn estimate_error(e: EstimateError) -> ApiError {
-    match e {
-        EstimateError::Price(p) => ApiError::internal(&p),
-        EstimateError::ContextExceeded { .. } => {
-            ApiError::bad_request("context_length_exceeded", e.to_string())
-        }
-        other => ApiError::bad_request("invalid_max_tokens", other.to_string()),
-    }
-}
-
 fn header_value(v: impl ToString) -> HeaderValue {
     HeaderValue::from_str(&v.to_string()).unwrap_or(HeaderValue::from_static("0"))
 }
@@ -173,15 +186,8 @@ pub async fn chat_completions(
     let payer = auth::payer(&state, &headers, u64::try_from(now / 1000).unwrap_or(0)).await?;
     let Json(v) = body?;
     let req = ChatBody::parse(v)?;
-    let model: &ModelEntry = state.models.get(&req.model).ok_or_else(|| {
-        ApiError::not_found(
-            "model_not_found",
-            format!(
-                "model {:?} is not offered here; GET /v1/models lists the models for sale",
-                req.model
-            ),
-        )
-    })?;
+    let priced = crate::pricing::price(&state, &req).await?;
+    let model = priced.model;
     if let Some(allowed) = payer.as_ref().and_then(|p| p.models.as_ref())
         && !allowed.iter().any(|m| m == &req.model)
     {
@@ -191,14 +197,7 @@ pub async fn chat_completions(
         ));
     }
 
-    // Estimate: counted input plus the most output this request may produce.
-    let input = model
-        .upstream
-        .count_prompt(&req.messages)
-        .unwrap_or_else(|| tokens::count_messages(model.tokenizer, &req.messages));
-    let max_out = output_budget(req.max_tokens, model.budget, input).map_err(estimate_error)?;
-    let (btc, _) = state.oracle.btc_usd().await;
-    let est = reserve(&model.rates, btc, input, max_out).map_err(estimate_error)?;
+    let (input, max_out, btc, est) = (priced.input, priced.max_out, priced.btc, priced.hold);
     let Some(payer) = payer else {
         if state.l402.enabled {
             return crate::l402::challenge(&state, est.hold, None, "payment required").await;
@@ -313,6 +312,9 @@ pub async fn chat_completions(
         input_estimate: input,
         upstream: model.upstream.clone(),
         started: Instant::now(),
+        class: priced.class,
+        default_max_output: model.budget.default_max_output,
+        p90_cost: priced.quote.as_ref().map(|q| q.cost_p90),
     };
     if req.stream {
         stream_response(meter, call, req.include_usage, balance_after_hold).await

@@ -66,6 +66,8 @@ pub struct AppState {
     pub stale_after: Duration,
     /// L402 settings.
     pub l402: crate::config::L402Config,
+    /// Learned output-token estimates and their calibration.
+    pub estimates: Arc<crate::estimates::Estimators>,
 }
 
 impl AppState {

@@ -315,5 +315,6 @@ pub async fn build_state_with_store(
         poll_interval,
         stale_after: Duration::from_secs(cfg.server.instance_stale_secs.max(1)),
         l402: cfg.l402.clone(),
+        estimates: Arc::default(),
     })
 }

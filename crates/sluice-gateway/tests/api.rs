@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod api {
+    mod estimates;
     mod failures;
     pub mod helpers;
     mod l402;

@@ -505,6 +505,30 @@ macro_rules! store_impl {
                 parse_secret(&value)
             }
 
+            async fn estimator_state(&self, model: &str, class: &str) -> Result<Option<String>, StoreError> {
+                Ok(sqlx::query_scalar("SELECT state FROM output_estimators WHERE model = $1 AND class = $2")
+                    .bind(model)
+                    .bind(class)
+                    .fetch_optional(&self.pool)
+                    .await?)
+            }
+
+            async fn save_estimator_state(&self, model: &str, class: &str, state: &str, now_ms: i64) -> Result<(), StoreError> {
+                let mut tx = self.begin_write().await?;
+                sqlx::query(
+                    "INSERT INTO output_estimators (model, class, state, updated_at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (model, class) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+                )
+                .bind(model)
+                .bind(class)
+                .bind(state)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
             async fn secret_get(&self, name: &str) -> Result<Option<[u8; 32]>, StoreError> {
                 let value: Option<String> = sqlx::query_scalar("SELECT value FROM secrets WHERE name = $1")
                     .bind(name)

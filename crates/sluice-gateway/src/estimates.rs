@@ -1,0 +1,138 @@
+//! Learned output-token estimates: one [`OutputEstimator`] per model and
+//! request class, starting from the model's configured default, updated by
+//! every settled request and saved in the store (last writer wins: several
+//! gateways on one database each learn and share their latest state).
+//!
+//! Also the P90 calibration: the share of requests whose actual cost was at
+//! most the P90 estimate made before they ran, exported at `/metrics`.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use sluice_core::{
+    Calibration, EstimatorConfig, EstimatorState, Msat, OutputEstimator, Prior, RequestClass,
+};
+use sluice_store::Store;
+
+use crate::state::now_ms;
+
+/// What a settled request teaches the estimators.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    /// Public model name.
+    pub model: String,
+    /// The request's class.
+    pub class: RequestClass,
+    /// The model's default output limit (the prior of a fresh estimator).
+    pub default_max_output: u64,
+    /// Actual output tokens.
+    pub output_tokens: u64,
+    /// Actual cost.
+    pub actual: Msat,
+    /// The P90 cost estimated before the request ran.
+    pub p90_estimate: Msat,
+}
+
+/// Estimators by (model, class), and calibration by model.
+#[derive(Default)]
+pub struct Estimators {
+    map: Mutex<HashMap<(String, RequestClass), OutputEstimator>>,
+    calibration: Mutex<HashMap<String, Calibration>>,
+}
+
+fn fresh(default_max_output: u64) -> Option<OutputEstimator> {
+    OutputEstimator::new(
+        Prior::from_default_max_output(default_max_output),
+        EstimatorConfig::default(),
+    )
+    .ok()
+}
+
+impl Estimators {
+    /// The estimator for `model` and `class`: cached, else saved, else from the default.
+    pub async fn get(
+        &self,
+        store: &Arc<dyn Store>,
+        model: &str,
+        class: RequestClass,
+        default_max_output: u64,
+    ) -> Option<OutputEstimator> {
+        let key = (model.to_owned(), class);
+        if let Some(e) = self.map.lock().ok()?.get(&key) {
+            return Some(e.clone());
+        }
+        let loaded = match store.estimator_state(model, class.as_str()).await {
+            Ok(Some(s)) => EstimatorState::decode(&s)
+                .ok()
+                .and_then(|st| OutputEstimator::from_state(st).ok()),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not load an output estimator; starting from the default");
+                None
+            }
+        };
+        let e = loaded.or_else(|| fresh(default_max_output))?;
+        self.map.lock().ok()?.entry(key).or_insert(e.clone());
+        Some(e)
+    }
+
+    /// Learn from a settled request and save the estimator; record whether its
+    /// actual cost was within the P90 estimate made before it ran.
+    pub async fn observe(&self, store: &Arc<dyn Store>, o: Observed) {
+        if let Ok(mut c) = self.calibration.lock() {
+            c.entry(o.model.clone())
+                .or_default()
+                .record(o.actual, o.p90_estimate);
+        }
+        let Some(mut e) = self
+            .get(store, &o.model, o.class, o.default_max_output)
+            .await
+        else {
+            return;
+        };
+        e.observe(o.output_tokens);
+        let state = e.to_state().encode();
+        if let Ok(mut m) = self.map.lock() {
+            m.insert((o.model.clone(), o.class), e);
+        }
+        if let Err(err) = store
+            .save_estimator_state(&o.model, o.class.as_str(), &state, now_ms())
+            .await
+        {
+            tracing::warn!(error = %err, "could not save an output estimator");
+        }
+    }
+
+    /// Prometheus text for the calibration of every model.
+    pub fn metrics(&self) -> String {
+        let mut out = String::from(
+            "# HELP sluice_estimate_p90_calibration Share of settled requests whose actual cost was at most their P90 estimate.\n\
+             # TYPE sluice_estimate_p90_calibration gauge\n",
+        );
+        let mut counts = String::from(
+            "# HELP sluice_estimate_requests_total Settled requests measured for calibration.\n\
+             # TYPE sluice_estimate_requests_total counter\n",
+        );
+        if let Ok(c) = self.calibration.lock() {
+            let mut models: Vec<_> = c.iter().collect();
+            models.sort_by(|a, b| a.0.cmp(b.0));
+            for (model, cal) in models {
+                let model = model.replace('\\', "\\\\").replace('"', "\\\"");
+                if let Some(bps) = cal.share_bps() {
+                    out.push_str(&format!(
+                        "sluice_estimate_p90_calibration{{model=\"{model}\"}} {}.{:04}\n",
+                        bps / 10_000,
+                        bps % 10_000
+                    ));
+                }
+                counts.push_str(&format!(
+                    "sluice_estimate_requests_total{{model=\"{model}\"}} {}\n",
+                    cal.total()
+                ));
+            }
+        }
+        out + &counts
+    }
+}
