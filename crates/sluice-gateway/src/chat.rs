@@ -197,10 +197,18 @@ pub async fn chat_completions(
         ));
     }
 
-    let (input, max_out, btc, est) = (priced.input, priced.max_out, priced.btc, priced.hold);
+    let (input, max_out, btc) = (priced.input, priced.max_out, priced.btc);
+    // Sessions hold the most a request may cost. L402 requests prepay (and so
+    // hold) the P90 estimate unless configured to prepay the maximum.
+    let l402_hold = match (state.l402.prepay, &priced.quote) {
+        (crate::config::L402Prepay::P90, Some(q)) => q.charged.min(priced.hold.hold),
+        _ => priced.hold.hold,
+    };
+    let is_l402 = payer.as_ref().is_none_or(|p| p.l402_token.is_some());
+    let hold = if is_l402 { l402_hold } else { priced.hold.hold };
     let Some(payer) = payer else {
         if state.l402.enabled {
-            return crate::l402::challenge(&state, est.hold, None, "payment required").await;
+            return crate::l402::challenge(&state, hold, None, "payment required").await;
         }
         return Err(ApiError::unauthorized(
             "missing_credential",
@@ -226,7 +234,7 @@ pub async fn chat_completions(
             model: model.name.clone(),
             est_input_tokens: input,
             max_output_tokens: max_out,
-            hold: est.hold,
+            hold,
             btc_usd_micros: btc.micros(),
             caps,
             instance_id: state.instance_id.clone(),
@@ -239,7 +247,7 @@ pub async fn chat_completions(
         HoldOutcome::Held { balance } => balance,
         HoldOutcome::Insufficient { balance } => {
             if let Some(token) = payer.l402_token {
-                let top_up = est.hold.saturating_sub(balance);
+                let top_up = hold.saturating_sub(balance);
                 return crate::l402::challenge(
                     &state,
                     top_up,
@@ -252,7 +260,7 @@ pub async fn chat_completions(
                 "insufficient_balance",
                 format!(
                     "this request may cost up to {} msat ({input} input tokens + up to {max_out} output tokens) and the session has {} msat available; top up with POST /v1/sessions/{}/topup or lower max_tokens",
-                    est.hold.msat(),
+                    hold.msat(),
                     balance.msat(),
                     payer.session_id
                 ),
@@ -282,7 +290,7 @@ pub async fn chat_completions(
                     "this credential's spend cap is {} msat and {} msat is already spent or held; this request may cost up to {} msat",
                     cap.msat(),
                     committed.msat(),
-                    est.hold.msat()
+                    hold.msat()
                 ),
             ));
         }
@@ -293,7 +301,7 @@ pub async fn chat_completions(
             ));
         }
     };
-    tracing::info!(request_id = %request_id, model = %model.name, hold_msat = est.hold.msat(), input_tokens = input, max_output_tokens = max_out, "hold taken");
+    tracing::info!(request_id = %request_id, model = %model.name, hold_msat = hold.msat(), input_tokens = input, max_output_tokens = max_out, "hold taken");
 
     let call = ChatCall {
         body: req.upstream_body(&model.upstream_model, max_out),
@@ -308,7 +316,7 @@ pub async fn chat_completions(
         rates: model.rates,
         tokenizer: model.tokenizer,
         btc,
-        hold: est.hold,
+        hold,
         input_estimate: input,
         upstream: model.upstream.clone(),
         started: Instant::now(),

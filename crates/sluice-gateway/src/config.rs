@@ -218,6 +218,20 @@ pub struct L402Config {
     pub enabled: bool,
     /// Seconds a token stays valid (its `sluice_valid_until` caveat).
     pub valid_secs: u64,
+    /// What an L402 request prepays and holds.
+    pub prepay: L402Prepay,
+}
+
+/// What an L402 request prepays and holds.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum L402Prepay {
+    /// The P90 estimate (or less, when the request's `max_tokens` bounds it);
+    /// a longer answer costs the operator the difference, never the payer.
+    #[default]
+    P90,
+    /// The most the request may cost (its output limit).
+    Max,
 }
 
 impl Default for L402Config {
@@ -225,6 +239,7 @@ impl Default for L402Config {
         L402Config {
             enabled: true,
             valid_secs: 30 * 86_400,
+            prepay: L402Prepay::P90,
         }
     }
 }

@@ -68,6 +68,7 @@ mod tests {
         assert_eq!(cfg.sessions.ttl_secs, d.sessions.ttl_secs);
         assert_eq!(cfg.l402.enabled, d.l402.enabled);
         assert_eq!(cfg.l402.valid_secs, d.l402.valid_secs);
+        assert_eq!(cfg.l402.prepay, d.l402.prepay);
         assert_eq!(cfg.models.len(), 1);
         assert_eq!(cfg.models[0].default_max_tokens, 512);
     }
