@@ -121,6 +121,10 @@ pub enum LightningBackend {
     Dev,
     /// An LNbits wallet.
     Lnbits,
+    /// An LND node over REST.
+    Lnd,
+    /// A Core Lightning node over clnrest.
+    Cln,
 }
 
 /// `[lightning]`
@@ -139,6 +143,12 @@ pub struct LightningConfig {
     pub invoice_key: Option<Secret>,
     /// LNbits admin key (needed only to pay out).
     pub admin_key: Option<Secret>,
+    /// LND macaroon, hex (invoice + offchain rights, or admin).
+    pub macaroon: Option<Secret>,
+    /// Core Lightning rune allowing invoice, listinvoices, listpays and pay.
+    pub rune: Option<Secret>,
+    /// PEM file of the node's TLS certificate (LND's tls.cert, CLN's ca.pem).
+    pub tls_cert: Option<PathBuf>,
 }
 
 impl Default for LightningConfig {
@@ -150,6 +160,9 @@ impl Default for LightningConfig {
             url: None,
             invoice_key: None,
             admin_key: None,
+            macaroon: None,
+            rune: None,
+            tls_cert: None,
         }
     }
 }

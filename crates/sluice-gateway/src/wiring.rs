@@ -212,6 +212,14 @@ pub fn models_of(
     Ok(out)
 }
 
+fn read_cert(path: Option<&std::path::Path>) -> Result<Option<String>, BuildError> {
+    path.map(|p| {
+        std::fs::read_to_string(p)
+            .map_err(|e| BuildError::Config(format!("lightning.tls_cert {}: {e}", p.display())))
+    })
+    .transpose()
+}
+
 /// The session policy of a configuration.
 pub fn policy_of(cfg: &Config) -> Result<SessionPolicy, BuildError> {
     let s = &cfg.sessions;
@@ -282,6 +290,31 @@ pub async fn build_state_with_store(
                 })?;
             let ln = Arc::new(ln);
             (ln.clone(), None, Some(ln))
+        }
+        LightningBackend::Lnd => {
+            let l = &cfg.lightning;
+            let (Some(url), Some(mac)) = (&l.url, &l.macaroon) else {
+                return Err(BuildError::Config(
+                    "lightning.backend = \"lnd\" needs lightning.url and lightning.macaroon".into(),
+                ));
+            };
+            let mut c = sluice_lightning::lnd::LndConfig::new(url.clone(), mac.expose().to_owned());
+            c.tls_cert_pem = read_cert(l.tls_cert.as_deref())?;
+            c.poll_interval = poll_interval;
+            (Arc::new(sluice_lightning::lnd::Lnd::new(c)?), None, None)
+        }
+        LightningBackend::Cln => {
+            let l = &cfg.lightning;
+            let (Some(url), Some(rune)) = (&l.url, &l.rune) else {
+                return Err(BuildError::Config(
+                    "lightning.backend = \"cln\" needs lightning.url and lightning.rune".into(),
+                ));
+            };
+            let mut c =
+                sluice_lightning::cln::ClnConfig::new(url.clone(), rune.expose().to_owned());
+            c.tls_cert_pem = read_cert(l.tls_cert.as_deref())?;
+            c.poll_interval = poll_interval;
+            (Arc::new(sluice_lightning::cln::Cln::new(c)?), None, None)
         }
     };
     let client = reqwest::Client::builder()

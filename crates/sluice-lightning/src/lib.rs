@@ -3,7 +3,8 @@
 //! [`Lightning`] is what the gateway needs from a Lightning backend: create an
 //! invoice, look one up, pay one, and hear about settlements as they happen.
 //! Adapters: [`dev::DevWallet`] (the embedded default: real BOLT11 invoices
-//! signed by a local key, **not real money**) and [`lnbits::LnBits`].
+//! signed by a local key, **not real money**), [`lnbits::LnBits`],
+//! [`lnd::Lnd`] (LND's REST API) and [`cln::Cln`] (Core Lightning's clnrest).
 //! [`bolt11::decode`] reads an invoice (hash, amount, expiry, payee) without
 //! paying it.
 //!
@@ -18,8 +19,11 @@ use async_trait::async_trait;
 use sluice_core::Msat;
 
 pub mod bolt11;
+pub mod cln;
 pub mod dev;
 pub mod lnbits;
+pub mod lnd;
+mod poll;
 
 /// A 32-byte payment hash, hex-encoded lowercase in every wire and store form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -148,7 +152,7 @@ pub enum LightningError {
 /// What the gateway needs from a Lightning backend.
 #[async_trait]
 pub trait Lightning: Send + Sync {
-    /// A short name: `"dev"`, `"lnbits"`.
+    /// A short name: `"dev"`, `"lnbits"`, `"lnd"`, `"cln"`.
     fn name(&self) -> &'static str;
 
     /// False for the dev wallet: its sats are not real money.

@@ -225,3 +225,55 @@ async fn unauthenticated_endpoints_are_rate_limited() {
     assert_eq!(app.chat(&mac, ask).await.status(), StatusCode::OK);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn lightning_backends_are_chosen_by_configuration_with_clear_errors() {
+    use sluice_gateway::config::{LightningBackend, Secret};
+    let dir = tempfile::tempdir().unwrap();
+    let store = sluice_store::connect(&format!("sqlite://{}", dir.path().join("c.db").display()))
+        .await
+        .unwrap();
+    let build = |f: &dyn Fn(&mut sluice_gateway::Config)| {
+        let mut cfg = super::helpers::test_config("http://127.0.0.1:9/v1");
+        f(&mut cfg);
+        let store = store.clone();
+        async move { sluice_gateway::build_state_with_store(&cfg, store, Default::default()).await }
+    };
+    let err = |r: Result<sluice_gateway::AppState, sluice_gateway::BuildError>| match r {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("expected a configuration error"),
+    };
+    let e = err(build(&|c| c.lightning.backend = LightningBackend::Lnd).await);
+    assert!(e.contains("lightning.macaroon"), "{e}");
+    let e = err(build(&|c| c.lightning.backend = LightningBackend::Cln).await);
+    assert!(e.contains("lightning.rune"), "{e}");
+    let e = err(build(&|c| c.lightning.backend = LightningBackend::Lnbits).await);
+    assert!(e.contains("lightning.invoice_key"), "{e}");
+    let e = err(build(&|c| {
+        c.lightning.backend = LightningBackend::Lnd;
+        c.lightning.url = Some("https://127.0.0.1:8080".into());
+        c.lightning.macaroon = Some(Secret::new("00"));
+        c.lightning.tls_cert = Some("/nonexistent/tls.cert".into());
+    })
+    .await);
+    assert!(e.contains("tls_cert"), "{e}");
+    for (backend, name) in [
+        (LightningBackend::Lnd, "lnd"),
+        (LightningBackend::Cln, "cln"),
+    ] {
+        let state = build(&|c| {
+            c.lightning.backend = backend;
+            c.lightning.url = Some("https://127.0.0.1:8080".into());
+            c.lightning.macaroon = Some(Secret::new("0201"));
+            c.lightning.rune = Some(Secret::new("rune"));
+        })
+        .await
+        .unwrap();
+        assert_eq!(state.lightning.name(), name);
+        assert!(state.lightning.is_real_money());
+        assert!(
+            state.dev_wallet.is_none(),
+            "no dev payments with a real node"
+        );
+    }
+}
