@@ -123,6 +123,7 @@ pub async fn serve(
     {
         tracing::warn!("background work still running after 30 s; stopping anyway");
     }
+    state.estimates.flush(&state.store).await;
     result
 }
 

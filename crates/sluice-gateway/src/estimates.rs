@@ -18,6 +18,9 @@ use sluice_store::Store;
 
 use crate::state::now_ms;
 
+/// An estimator is saved on its 1st, 17th, 33rd... observation.
+pub const SAVE_EVERY: u64 = 16;
+
 /// What a settled request teaches the estimators.
 #[derive(Debug, Clone)]
 pub struct Observed {
@@ -102,6 +105,25 @@ impl Estimators {
             .await
         {
             tracing::warn!(error = %err, "could not save an output estimator");
+        }
+    }
+
+    /// Save every estimator (at shutdown, so a graceful restart forgets nothing).
+    pub async fn flush(&self, store: &Arc<dyn Store>) {
+        let states: Vec<((String, RequestClass), String)> = match self.map.lock() {
+            Ok(m) => m
+                .iter()
+                .map(|(k, e)| (k.clone(), e.to_state().encode()))
+                .collect(),
+            Err(_) => return,
+        };
+        for ((model, class), state) in states {
+            if let Err(err) = store
+                .save_estimator_state(&model, class.as_str(), &state, now_ms())
+                .await
+            {
+                tracing::warn!(error = %err, "could not save an output estimator");
+            }
         }
     }
 
