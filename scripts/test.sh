@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # sluice's whole test suite: formatting, lints, and every test — the store suite on SQLite and a
-# real PostgreSQL, the Lightning suite on the dev wallet and a real LNbits, the gateway's API and
-# failure tests, the end-to-end process tests, and an answer from the real local model.
+# real PostgreSQL, the Lightning suite on the dev wallet and a real LNbits (LND and Core Lightning
+# against recorded responses), the gateway's API and failure tests, the end-to-end process tests,
+# a third-party L402 client paying over LNbits, and an answer from the real local model.
 #
 # It installs and starts what it needs (PostgreSQL when none listens on 127.0.0.1:5432, LNbits in
 # .venv-lnbits, the model file in the user's cache) and stops what it started, even on failure.
@@ -35,6 +36,11 @@ set -a
 . "$envfile"
 set +a
 LNBITS_DIR="$SLUICE_TEST_LNBITS_DIR"
+
+step "a third-party L402 client (Alby lightning-tools, from npm)"
+command -v npm >/dev/null || { echo "npm (Node.js) is needed for the L402 interoperability test" >&2; exit 1; }
+(cd scripts/l402-client && npm ci --silent --no-audit --no-fund 2>&1 | grep -v 'Unknown user config' >&2 || true)
+test -d scripts/l402-client/node_modules/@getalby/lightning-tools || { echo "npm ci failed in scripts/l402-client" >&2; exit 1; }
 
 step "the default local model"
 scripts/fetch-model.sh >&2

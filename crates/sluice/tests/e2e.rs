@@ -416,3 +416,111 @@ async fn the_demo_streams_a_real_answer_from_the_local_model_and_prints_a_receip
         .unwrap();
     assert!(cost >= 1000, "{cost_line}");
 }
+
+/// LNbits' admin API, for creating and funding wallets.
+struct LnbitsAdmin {
+    url: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl LnbitsAdmin {
+    fn from_env() -> LnbitsAdmin {
+        let var = |n: &str| {
+            std::env::var(n).unwrap_or_else(|_| {
+                panic!("{n} is not set: run scripts/lnbits.sh start (scripts/test.sh does)")
+            })
+        };
+        LnbitsAdmin {
+            url: var("SLUICE_TEST_LNBITS_URL"),
+            token: var("SLUICE_TEST_LNBITS_ADMIN_TOKEN"),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// A new wallet: (id, invoice key, admin key).
+    async fn wallet(&self, name: &str) -> (String, String, String) {
+        let v: Value = self
+            .http
+            .post(format!("{}/api/v1/account", self.url))
+            .bearer_auth(&self.token)
+            .json(&json!({"name": name}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let f = |k: &str| v[k].as_str().unwrap().to_owned();
+        (f("id"), f("inkey"), f("adminkey"))
+    }
+
+    async fn fund(&self, wallet_id: &str, sats: u64) {
+        let r = self
+            .http
+            .put(format!("{}/users/api/v1/balance", self.url))
+            .bearer_auth(&self.token)
+            .json(&json!({"id": wallet_id, "amount": sats}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+}
+
+#[tokio::test]
+async fn a_third_party_l402_client_pays_and_retries_against_lnbits() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/l402-client");
+    assert!(
+        client_dir
+            .join("node_modules/@getalby/lightning-tools")
+            .exists(),
+        "the L402 client is not installed: run `npm ci` in scripts/l402-client (scripts/test.sh does)"
+    );
+    let lnbits = LnbitsAdmin::from_env();
+    let (_, receiver_inkey, _) = lnbits.wallet("sluice").await;
+    let (payer_id, _, payer_admin) = lnbits.wallet("l402-client").await;
+    lnbits.fund(&payer_id, 10_000).await;
+
+    let upstream = spawn_fake_openai(FakeBehaviour::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite://{}", dir.path().join("l402.db").display());
+    let config = write_config(dir.path(), &db_url, &upstream.base_url, "");
+    let mut toml = std::fs::read_to_string(&config).unwrap();
+    toml = toml.replace(
+        "backend = \"dev\"",
+        &format!("backend = \"lnbits\"\nurl = \"{}\"\ninvoice_key = \"{receiver_inkey}\"\npoll_interval_secs = 1", lnbits.url),
+    );
+    std::fs::write(&config, toml).unwrap();
+    let gw = Gateway::start(&config);
+
+    let out = tokio::task::spawn_blocking({
+        let (base, url) = (gw.base.clone(), lnbits.url.clone());
+        move || {
+            Command::new("node")
+                .arg("pay-and-fetch.mjs")
+                .current_dir(&client_dir)
+                .env("SLUICE_URL", base)
+                .env("LNBITS_URL", url)
+                .env("LNBITS_ADMIN_KEY", payer_admin)
+                .output()
+                .expect("node is needed for this test")
+        }
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the L402 client failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["invoices_paid"], 1);
+    assert_eq!(v["answer"], "The capital of France is Paris .");
+    assert!(v["cost_msat"].as_u64().unwrap() > 0);
+    gw.stop().await;
+    check_ledger(&config);
+}
