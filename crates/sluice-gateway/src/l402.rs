@@ -22,7 +22,7 @@ use sluice_proto::{
     l402::{self, Identifier, L402Error},
     macaroon::MacaroonError,
 };
-use sluice_store::{InvoicePurpose, NewSession, StoreError};
+use sluice_store::{InvoicePurpose, InvoiceState, NewSession, StoreError};
 
 use crate::{
     auth::Payer,
@@ -156,19 +156,26 @@ pub async fn authenticate(state: &AppState, header: &str) -> Result<Payer, ApiEr
     // it proves payment, so the token is usable even before the backend's
     // settlement event arrives.
     let hash = hex::encode(id.payment_hash);
-    match state
-        .store
-        .credit_invoice(
-            &hash,
-            &hex::encode(preimage),
-            now,
-            &state.policy_for(&session_id),
-        )
-        .await
-    {
-        Ok(_) => {}
-        Err(StoreError::NotFound) => return Err(l402_error(L402Error::UnknownToken)),
-        Err(e) => return Err(e.into()),
+    match state.store.invoice(&hash).await? {
+        None => return Err(l402_error(L402Error::UnknownToken)),
+        Some(inv) if inv.state == InvoiceState::Settled => {}
+        // A read first: only the first use of each payment needs a write.
+        Some(_) => {
+            match state
+                .store
+                .credit_invoice(
+                    &hash,
+                    &hex::encode(preimage),
+                    now,
+                    &state.policy_for(&session_id),
+                )
+                .await
+            {
+                Ok(_) => {}
+                Err(StoreError::NotFound) => return Err(l402_error(L402Error::UnknownToken)),
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
     Ok(Payer {
         session_id,
