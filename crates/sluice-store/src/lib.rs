@@ -427,10 +427,17 @@ pub trait Store: Send + Sync + 'static {
     async fn secret(&self, name: &str, fresh: [u8; 32]) -> Result<[u8; 32], StoreError>;
 
     /// The saved output-token estimator of `model` and request `class` (its text encoding).
-    async fn estimator_state(&self, model: &str, class: &str) -> Result<Option<String>, StoreError>;
+    async fn estimator_state(&self, model: &str, class: &str)
+    -> Result<Option<String>, StoreError>;
 
     /// Save an output-token estimator (last writer wins: estimates are advisory).
-    async fn save_estimator_state(&self, model: &str, class: &str, state: &str, now_ms: i64) -> Result<(), StoreError>;
+    async fn save_estimator_state(
+        &self,
+        model: &str,
+        class: &str,
+        state: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
 
     /// A named secret, if it exists (never creates one).
     async fn secret_get(&self, name: &str) -> Result<Option<[u8; 32]>, StoreError>;

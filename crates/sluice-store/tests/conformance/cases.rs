@@ -927,18 +927,41 @@ pub async fn session_invoices_lists_every_invoice_of_one_session(db: &TestDb) {
     store.add_invoice(&topup).await.unwrap();
     let list = store.session_invoices("s-inv").await.unwrap();
     let hashes: Vec<&str> = list.iter().map(|i| i.payment_hash.as_str()).collect();
-    assert_eq!(hashes, vec!["h-topup", deposit.payment_hash.as_str()], "newest first");
+    assert_eq!(
+        hashes,
+        vec!["h-topup", deposit.payment_hash.as_str()],
+        "newest first"
+    );
     assert!(store.session_invoices("nope").await.unwrap().is_empty());
 }
 
 pub async fn estimator_states_are_saved_per_model_and_class(db: &TestDb) {
     let store = &*db.store;
     assert_eq!(store.estimator_state("m", "short").await.unwrap(), None);
-    store.save_estimator_state("m", "short", "q1;a", 1).await.unwrap();
-    store.save_estimator_state("m", "long", "q1;b", 1).await.unwrap();
-    store.save_estimator_state("m", "short", "q1;c", 2).await.unwrap();
-    assert_eq!(store.estimator_state("m", "short").await.unwrap().as_deref(), Some("q1;c"));
-    assert_eq!(store.estimator_state("m", "long").await.unwrap().as_deref(), Some("q1;b"));
+    store
+        .save_estimator_state("m", "short", "q1;a", 1)
+        .await
+        .unwrap();
+    store
+        .save_estimator_state("m", "long", "q1;b", 1)
+        .await
+        .unwrap();
+    store
+        .save_estimator_state("m", "short", "q1;c", 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .estimator_state("m", "short")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("q1;c")
+    );
+    assert_eq!(
+        store.estimator_state("m", "long").await.unwrap().as_deref(),
+        Some("q1;b")
+    );
     assert_eq!(store.estimator_state("other", "short").await.unwrap(), None);
 }
 
