@@ -29,6 +29,7 @@ pub fn app(state: AppState, max_body_bytes: usize) -> Router {
     let public = Router::new()
         .route("/v1/sessions", post(sessions::create))
         .route("/v1/estimate", post(crate::pricing::estimate))
+        .route("/v1/jobs", post(crate::jobs::create))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             ratelimit::limit,
@@ -45,6 +46,8 @@ pub fn app(state: AppState, max_body_bytes: usize) -> Router {
             )),
         )
         .route("/v1/sessions/{id}", get(sessions::get))
+        .route("/v1/jobs/{id}", get(crate::jobs::get))
+        .route("/v1/jobs/{id}/refund", post(crate::jobs::claim_refund))
         .route("/v1/sessions/{id}/topup", post(sessions::topup))
         .merge(public);
     if state.lnbits.is_some() {

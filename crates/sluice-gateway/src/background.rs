@@ -25,7 +25,11 @@ pub async fn credit(state: &AppState, hash: &PaymentHash, preimage_hex: &str) {
     let h = hash.to_hex();
     let policy = match state.store.invoice(&h).await {
         Ok(Some(inv)) => state.policy_for(&inv.session_id),
-        Ok(None) => return, // not an invoice of this gateway
+        // Not a session's invoice: perhaps a job's.
+        Ok(None) => {
+            crate::jobs::invoice_paid(state, &h, preimage_hex).await;
+            return;
+        }
         Err(e) => {
             tracing::error!(payment_hash = %h, error = %e, "could not read an invoice");
             return;
@@ -83,6 +87,14 @@ pub async fn poll_pending(state: &AppState) {
     }
 }
 
+/// Look up everything unpaid: session invoices and job invoices.
+async fn poll_all(state: &AppState) {
+    poll_pending(state).await;
+    if state.job_models.is_some() {
+        crate::jobs::poll_pending(state).await;
+    }
+}
+
 /// Release the holds of gateway processes that stopped without settling.
 pub async fn reconcile_abandoned(state: &AppState) {
     let stale_before = now_ms() - i64::try_from(state.stale_after.as_millis()).unwrap_or(i64::MAX);
@@ -117,6 +129,12 @@ pub async fn reconcile_abandoned(state: &AppState) {
 
 /// Start the background loops; they stop when `state.shutdown` is cancelled.
 pub fn spawn(state: &AppState) {
+    if state.job_models.is_some() {
+        let s = state.clone();
+        state
+            .tasks
+            .spawn(async move { crate::jobs::resume_at_start(&s).await });
+    }
     let s = state.clone();
     state.tasks.spawn(async move {
         let mut events = s.lightning.subscribe();
@@ -126,13 +144,13 @@ pub fn spawn(state: &AppState) {
                 _ = s.shutdown.cancelled() => break,
                 ev = events.recv() => match ev {
                     Ok(Settled { payment_hash, preimage, .. }) => credit(&s, &payment_hash, &preimage.to_hex()).await,
-                    Err(RecvError::Lagged(_)) => poll_pending(&s).await,
+                    Err(RecvError::Lagged(_)) => poll_all(&s).await,
                     Err(RecvError::Closed) => {
                         tokio::time::sleep(s.poll_interval).await;
                         events = s.lightning.subscribe();
                     }
                 },
-                _ = tick.tick() => poll_pending(&s).await,
+                _ = tick.tick() => poll_all(&s).await,
             }
         }
     });
@@ -147,6 +165,7 @@ pub fn spawn(state: &AppState) {
                         tracing::error!(error = %e, "heartbeat failed");
                     }
                     reconcile_abandoned(&s).await;
+                    crate::jobs::expire_refunds(&s).await;
                 }
             }
         }

@@ -62,6 +62,8 @@ pub struct Config {
     pub pricing: PricingConfig,
     /// L402 pay-per-request.
     pub l402: L402Config,
+    /// Two-phase jobs and refunds.
+    pub jobs: JobsConfig,
     /// Models for sale. Empty: the bundled local model.
     pub models: Vec<ModelConfig>,
 }
@@ -253,6 +255,40 @@ impl Default for L402Config {
             enabled: true,
             valid_secs: 30 * 86_400,
             prepay: L402Prepay::P90,
+        }
+    }
+}
+
+/// `[jobs]`: two-phase jobs (evaluation fee, then work) and refunds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobsConfig {
+    /// Serve `/v1/jobs`.
+    pub enabled: bool,
+    /// The evaluation fee, sats.
+    pub eval_fee_sats: u64,
+    /// The model that evaluates requests (default: the one with the cheapest output).
+    pub eval_model: Option<String>,
+    /// The model that does the work (default: the first configured).
+    pub work_model: Option<String>,
+    /// The longest request accepted, in characters.
+    pub max_request_chars: usize,
+    /// Seconds a refund can be claimed before it goes to the generosity pool.
+    pub refund_expiry_secs: u64,
+    /// Refunds below this many msat go to the generosity pool.
+    pub dust_msat: u64,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        JobsConfig {
+            enabled: true,
+            eval_fee_sats: 10,
+            eval_model: None,
+            work_model: None,
+            max_request_chars: 500,
+            refund_expiry_secs: 7 * 86_400,
+            dust_msat: 1_000,
         }
     }
 }

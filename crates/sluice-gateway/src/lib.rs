@@ -12,6 +12,7 @@ pub mod chat;
 pub mod config;
 pub mod error;
 pub mod estimates;
+pub mod jobs;
 pub mod l402;
 pub mod oracle;
 pub mod pricing;

@@ -68,6 +68,10 @@ pub struct AppState {
     pub l402: crate::config::L402Config,
     /// Learned output-token estimates and their calibration.
     pub estimates: Arc<crate::estimates::Estimators>,
+    /// Job settings.
+    pub jobs: crate::config::JobsConfig,
+    /// The evaluation and work models, when jobs are enabled.
+    pub job_models: Option<crate::jobs::JobModels>,
 }
 
 impl AppState {

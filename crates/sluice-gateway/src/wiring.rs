@@ -220,6 +220,42 @@ fn read_cert(path: Option<&std::path::Path>) -> Result<Option<String>, BuildErro
     .transpose()
 }
 
+/// The jobs' models: configured, or the cheapest output (evaluation) and the first (work).
+pub fn job_models_of(
+    cfg: &Config,
+    models: &[(String, ModelRates)],
+) -> Result<Option<crate::jobs::JobModels>, BuildError> {
+    if !cfg.jobs.enabled || models.is_empty() {
+        return Ok(None);
+    }
+    let known = |name: &str, key: &str| {
+        if models.iter().any(|(n, _)| n == name) {
+            Ok(name.to_owned())
+        } else {
+            Err(BuildError::Config(format!(
+                "jobs.{key} = {name:?} is not a configured model"
+            )))
+        }
+    };
+    let eval = match &cfg.jobs.eval_model {
+        Some(m) => known(m, "eval_model")?,
+        None => models
+            .iter()
+            .min_by_key(|(_, r)| r.output_per_mtok)
+            .map(|(n, _)| n.clone())
+            .unwrap_or_default(),
+    };
+    let work = match &cfg.jobs.work_model {
+        Some(m) => known(m, "work_model")?,
+        None => cfg
+            .models
+            .first()
+            .map(|m| m.name.clone())
+            .unwrap_or_default(),
+    };
+    Ok(Some(crate::jobs::JobModels { eval, work }))
+}
+
 /// The session policy of a configuration.
 pub fn policy_of(cfg: &Config) -> Result<SessionPolicy, BuildError> {
     let s = &cfg.sessions;
@@ -323,6 +359,8 @@ pub async fn build_state_with_store(
         .build()
         .map_err(|e| BuildError::Config(format!("HTTP client: {e}")))?;
     let models = models_of(cfg, &client, prebuilt)?;
+    let models_for_jobs: Vec<(String, ModelRates)> =
+        models.values().map(|m| (m.name.clone(), m.rates)).collect();
     for m in models.values() {
         crate::tokens::warm(m.tokenizer);
     }
@@ -349,5 +387,7 @@ pub async fn build_state_with_store(
         stale_after: Duration::from_secs(cfg.server.instance_stale_secs.max(1)),
         l402: cfg.l402.clone(),
         estimates: Arc::default(),
+        job_models: job_models_of(cfg, &models_for_jobs)?,
+        jobs: cfg.jobs.clone(),
     })
 }

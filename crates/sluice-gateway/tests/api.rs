@@ -7,6 +7,7 @@ mod api {
     mod estimates;
     mod failures;
     pub mod helpers;
+    mod jobs;
     mod l402;
     mod lnbits;
     mod paid_path;

@@ -8,11 +8,11 @@
 //! `begin_read`: SQLite takes the write lock up front (`BEGIN IMMEDIATE`),
 //! PostgreSQL relies on row locks taken by conditional `UPDATE`s.
 
-use sluice_core::{AmountError, Msat, SessionPolicy, SessionState};
+use sluice_core::{AmountError, JobState, Msat, Refund, RefundState, SessionPolicy, SessionState};
 
 use crate::{
-    DevInvoiceRow, InvoicePurpose, InvoiceRow, InvoiceState, RequestRow, RequestStatus, SessionRow,
-    SpendCap, StoreError,
+    DevInvoiceRow, InvoicePurpose, InvoiceRow, InvoiceState, JobInvoice, JobRow, RefundRow,
+    RequestRow, RequestStatus, SessionRow, SpendCap, StoreError,
 };
 
 /// Attempts of a hold whose conditional update failed although a re-read says
@@ -285,6 +285,206 @@ impl TryFrom<DevInvoiceRaw> for DevInvoiceRow {
     }
 }
 
+/// Job columns, in [`JobRaw`] order.
+macro_rules! job_columns {
+    () => {
+        "id, state, request, eval_model, work_model, eval_hash, eval_bolt11, eval_amount_msat, eval_expires_at, \
+         work_hash, work_bolt11, work_amount_msat, work_expires_at, reason, result, work_btc_usd_micros, \
+         est_input_tokens, est_output_tokens, input_tokens, output_tokens, work_charged_msat, refund_id, attempts, \
+         created_at, updated_at"
+    };
+}
+pub(crate) use job_columns;
+
+/// A `jobs` row as read.
+#[derive(sqlx::FromRow)]
+pub(crate) struct JobRaw {
+    id: String,
+    state: String,
+    request: String,
+    eval_model: String,
+    work_model: String,
+    eval_hash: String,
+    eval_bolt11: String,
+    eval_amount_msat: i64,
+    eval_expires_at: i64,
+    work_hash: Option<String>,
+    work_bolt11: Option<String>,
+    work_amount_msat: Option<i64>,
+    work_expires_at: Option<i64>,
+    reason: Option<String>,
+    result: Option<String>,
+    work_btc_usd_micros: Option<i64>,
+    est_input_tokens: Option<i64>,
+    est_output_tokens: Option<i64>,
+    input_tokens: Option<i64>,
+    output_tokens: Option<i64>,
+    work_charged_msat: Option<i64>,
+    refund_id: Option<String>,
+    attempts: i64,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl TryFrom<JobRaw> for JobRow {
+    type Error = StoreError;
+    fn try_from(r: JobRaw) -> Result<Self, StoreError> {
+        let opt_u64 = |v: Option<i64>, what: &str| v.map(|v| from_i64(v, what)).transpose();
+        let work_invoice = match (
+            r.work_hash,
+            r.work_bolt11,
+            r.work_amount_msat,
+            r.work_expires_at,
+        ) {
+            (Some(payment_hash), Some(bolt11), Some(amount), Some(expires_at_ms)) => {
+                Some(JobInvoice {
+                    payment_hash,
+                    bolt11,
+                    amount: msat(amount)?,
+                    expires_at_ms,
+                })
+            }
+            (None, None, None, None) => None,
+            _ => return Err(corrupt("work invoice")),
+        };
+        Ok(JobRow {
+            id: r.id,
+            state: JobState::parse(&r.state).ok_or_else(|| corrupt("job state"))?,
+            request: r.request,
+            eval_model: r.eval_model,
+            work_model: r.work_model,
+            eval_invoice: JobInvoice {
+                payment_hash: r.eval_hash,
+                bolt11: r.eval_bolt11,
+                amount: msat(r.eval_amount_msat)?,
+                expires_at_ms: r.eval_expires_at,
+            },
+            work_invoice,
+            reason: r.reason,
+            result: r.result,
+            work_btc_usd_micros: opt_u64(r.work_btc_usd_micros, "work_btc_usd_micros")?,
+            est_input_tokens: opt_u64(r.est_input_tokens, "est_input_tokens")?,
+            est_output_tokens: opt_u64(r.est_output_tokens, "est_output_tokens")?,
+            input_tokens: opt_u64(r.input_tokens, "input_tokens")?,
+            output_tokens: opt_u64(r.output_tokens, "output_tokens")?,
+            work_charged: r.work_charged_msat.map(msat).transpose()?,
+            refund_id: r.refund_id,
+            attempts: u32::try_from(r.attempts).map_err(|_| corrupt("attempts"))?,
+            created_at_ms: r.created_at,
+            updated_at_ms: r.updated_at,
+        })
+    }
+}
+
+/// The refund id of a job: one per job, since a job owes at most one refund
+/// (a failed evaluation ends the job; otherwise only the work phase refunds).
+pub(crate) fn job_refund_id(job_id: &str) -> String {
+    format!("refund_{job_id}")
+}
+
+/// Refund columns, in [`RefundRaw`] order.
+macro_rules! refund_columns {
+    () => {
+        "id, owner_kind, owner_id, state, amount_msat, payout_msat, expires_at, payment_hash, preimage, \
+         lookup_required, created_at, updated_at"
+    };
+}
+pub(crate) use refund_columns;
+
+/// A `refunds` row as read.
+#[derive(sqlx::FromRow)]
+pub(crate) struct RefundRaw {
+    id: String,
+    owner_kind: String,
+    owner_id: String,
+    state: String,
+    amount_msat: i64,
+    payout_msat: i64,
+    expires_at: i64,
+    payment_hash: Option<String>,
+    preimage: Option<String>,
+    lookup_required: bool,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl TryFrom<RefundRaw> for RefundRow {
+    type Error = StoreError;
+    fn try_from(r: RefundRaw) -> Result<Self, StoreError> {
+        Ok(RefundRow {
+            id: r.id,
+            owner_kind: r.owner_kind,
+            owner_id: r.owner_id,
+            refund: Refund {
+                state: RefundState::parse(&r.state).ok_or_else(|| corrupt("refund state"))?,
+                amount: msat(r.amount_msat)?,
+                payout: msat(r.payout_msat)?,
+                expires_at_ms: r.expires_at,
+                payment_hash: r.payment_hash,
+                lookup_required: r.lookup_required,
+                preimage: r.preimage,
+            },
+            created_at_ms: r.created_at,
+            updated_at_ms: r.updated_at,
+        })
+    }
+}
+
+/// A refund to offer (see `offer_refund` in [`store_impl`]).
+pub(crate) struct Offer<'a> {
+    /// The refund id.
+    pub(crate) refund_id: &'a str,
+    /// `"job"` or `"session"`.
+    pub(crate) owner_kind: &'a str,
+    /// The job or session id.
+    pub(crate) owner_id: &'a str,
+    /// The exact refund.
+    pub(crate) amount: Msat,
+    /// Below this the refund goes to the pool whole.
+    pub(crate) dust: Msat,
+    /// When the offer lapses, unix ms.
+    pub(crate) expires_at_ms: i64,
+    /// Now, unix ms.
+    pub(crate) now_ms: i64,
+}
+
+/// One job phase to settle (see `settle_job_phase` in [`store_impl`]).
+pub(crate) struct PhaseSettle<'a> {
+    /// The job.
+    pub(crate) job_id: &'a str,
+    /// Which phase.
+    pub(crate) phase: sluice_core::JobPhase,
+    /// What the phase's invoice paid.
+    pub(crate) paid: Msat,
+    /// The actual charge (0 when the phase failed).
+    pub(crate) actual: Msat,
+    /// Dust threshold of the refund.
+    pub(crate) dust: Msat,
+    /// When the refund offer lapses, unix ms.
+    pub(crate) refund_expires_at_ms: i64,
+    /// Now, unix ms.
+    pub(crate) now_ms: i64,
+}
+
+/// The time a refund event happens at: its own time when it carries one, else
+/// the wall clock (payout outcomes carry none).
+pub(crate) fn refund_event_time(event: &sluice_core::RefundEvent) -> i64 {
+    match event {
+        sluice_core::RefundEvent::Claim { now_ms, .. }
+        | sluice_core::RefundEvent::Expire { now_ms } => *now_ms,
+        _ => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .and_then(|d| i64::try_from(d.as_millis()).ok())
+            .unwrap_or_default(),
+    }
+}
+
+/// A job event the core refused, as the store reports it.
+pub(crate) fn job_conflict(e: sluice_core::JobError) -> StoreError {
+    StoreError::Conflict(e.to_string())
+}
+
 /// What ends a held request: a settlement at actual cost or a full release.
 pub(crate) enum Finish<'a> {
     /// [`crate::Store::settle`].
@@ -309,14 +509,124 @@ pub(crate) enum Finish<'a> {
 macro_rules! store_impl {
     ($store:ty, $conn:ty, $dialect:literal) => {
         use $crate::common::{
-            Finish, HOLD_ATTEMPTS, cap_keys_json, expiry, expiry_ms, invoice_columns, msat, new_id, normalise_caps,
-            parse_cap_keys, parse_secret, parse_state, request_columns, session_columns, to_i64,
+            Finish, HOLD_ATTEMPTS, Offer, PhaseSettle, cap_keys_json, expiry, expiry_ms, invoice_columns, job_columns,
+            job_conflict, job_refund_id, msat, new_id, normalise_caps, parse_cap_keys, parse_secret, parse_state,
+            refund_columns, refund_event_time, request_columns, session_columns, to_i64,
         };
         use $crate::{
-            Credit, DevInvoiceRow, HoldOutcome, InvoiceRow, LedgerReport, NewHold, NewInvoice, NewSession, RequestRow,
-            RequestStatus, SessionRow, SettleRequest, Settled, Store, StoreError,
+            Credit, DevInvoiceRow, Evaluation, HoldOutcome, InvoiceRow, JobRow, LedgerReport, NewHold, NewInvoice,
+            NewJob, NewSession, PendingJobInvoice, RefundEventError, RefundRow, RequestRow, RequestStatus, SessionRow,
+            SettleRequest, Settled, Store, StoreError, WorkOutcome,
         };
-        use sluice_core::{Msat, Posting, SessionPolicy, SessionState, effective_state};
+        use sluice_core::{
+            JobEvent, JobPhase, JobState, Msat, Posting, Refund, RefundEvent, SessionPolicy, SessionState,
+            effective_state,
+        };
+
+        /// Write each of `postings`; one that was posted before means the state
+        /// that caused it was applied before, which the caller's conditional
+        /// update should have excluded: a conflict.
+        async fn write_new_postings(conn: &mut $conn, postings: &[Posting], now_ms: i64) -> Result<(), StoreError> {
+            for posting in postings {
+                if !write_posting(conn, posting, now_ms).await? {
+                    return Err(StoreError::Conflict(format!("{} was posted before", posting.idempotency_key)));
+                }
+            }
+            Ok(())
+        }
+
+        /// Offer a refund: the core's `Offer` transition from a fresh refund, its
+        /// row, and its postings (the sub-sat remainder or a dust refund to the pool,
+        /// so `refund:<id>` keeps exactly the claimable whole sats).
+        async fn offer_refund(conn: &mut $conn, offer: &Offer<'_>) -> Result<(), StoreError> {
+            let step = sluice_core::refund::transition(
+                &Refund::new(),
+                RefundEvent::Offer {
+                    amount: offer.amount,
+                    dust_threshold: offer.dust,
+                    expires_at_ms: offer.expires_at_ms,
+                },
+            )
+            .map_err(|e| StoreError::Conflict(e.to_string()))?;
+            let r = &step.refund;
+            sqlx::query(
+                "INSERT INTO refunds (id, owner_kind, owner_id, state, amount_msat, payout_msat, expires_at, \
+                 payment_hash, preimage, lookup_required, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)",
+            )
+            .bind(offer.refund_id)
+            .bind(offer.owner_kind)
+            .bind(offer.owner_id)
+            .bind(r.state.as_str())
+            .bind(r.amount.to_i64()?)
+            .bind(r.payout.to_i64()?)
+            .bind(r.expires_at_ms)
+            .bind(r.payment_hash.as_deref())
+            .bind(r.preimage.as_deref())
+            .bind(r.lookup_required)
+            .bind(offer.now_ms)
+            .execute(&mut *conn)
+            .await?;
+            write_new_postings(conn, &step.postings(offer.refund_id)?, offer.now_ms).await
+        }
+
+        /// Settle one phase of a job (`Posting::job_settle`) and offer what is
+        /// left of its payment as the job's refund. Returns the charge and the
+        /// refund id when a refund is owed.
+        async fn settle_job_phase(conn: &mut $conn, p: &PhaseSettle<'_>) -> Result<(Msat, Option<String>), StoreError> {
+            let refund_id = job_refund_id(p.job_id);
+            let posting = Posting::job_settle(p.job_id, p.phase, &refund_id, p.paid, p.actual)?;
+            write_new_postings(conn, std::slice::from_ref(&posting), p.now_ms).await?;
+            let charged = sluice_core::settle(p.paid, p.actual).charged;
+            let refund = sluice_core::refund_amount(p.paid, p.actual);
+            if refund == Msat::ZERO {
+                return Ok((charged, None));
+            }
+            offer_refund(
+                conn,
+                &Offer {
+                    refund_id: &refund_id,
+                    owner_kind: "job",
+                    owner_id: p.job_id,
+                    amount: refund,
+                    dust: p.dust,
+                    expires_at_ms: p.refund_expires_at_ms,
+                    now_ms: p.now_ms,
+                },
+            )
+            .await?;
+            Ok((charged, Some(refund_id)))
+        }
+
+        async fn read_job(conn: &mut $conn, id: &str) -> Result<Option<JobRow>, StoreError> {
+            let raw: Option<$crate::common::JobRaw> =
+                sqlx::query_as(concat!("SELECT ", job_columns!(), " FROM jobs WHERE id = $1"))
+                    .bind(id)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+            raw.map(JobRow::try_from).transpose()
+        }
+
+        /// Move a job out of `from` (checked by the core) into the state `event`
+        /// leads to, conditionally: false when the job is not in `from` any more.
+        async fn advance_job(
+            conn: &mut $conn,
+            id: &str,
+            from: JobState,
+            event: &JobEvent,
+            now_ms: i64,
+        ) -> Result<bool, StoreError> {
+            let to = sluice_core::job::next(from, event).map_err(job_conflict)?;
+            let changed = sqlx::query("UPDATE jobs SET state = $3, updated_at = $4 WHERE id = $1 AND state = $2")
+                .bind(id)
+                .bind(from.as_str())
+                .bind(to.as_str())
+                .bind(now_ms)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+            Ok(changed == 1)
+        }
 
         /// Write `posting` (ledger transaction and legs); `false` when its
         /// idempotency key was posted before, in which case nothing was written.
@@ -480,6 +790,56 @@ macro_rules! store_impl {
                     balance,
                     state: effective_state(state, expires_at, now_ms),
                 })
+            }
+
+            /// [`Store::refund_event`]: the outer error is the store's, the inner the
+            /// state machine's refusal (after which nothing was written).
+            async fn apply_refund_event(
+                &self,
+                id: &str,
+                event: RefundEvent,
+            ) -> Result<Result<RefundRow, sluice_core::RefundError>, StoreError> {
+                let now_ms = refund_event_time(&event);
+                let mut tx = self.begin_write().await?;
+                // The no-op update locks the row (PostgreSQL), so concurrent events on one
+                // refund apply one after the other, each to the state the previous left.
+                let raw: Option<$crate::common::RefundRaw> = sqlx::query_as(concat!(
+                    "UPDATE refunds SET updated_at = updated_at WHERE id = $1 RETURNING ",
+                    refund_columns!()
+                ))
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(row) = raw.map(RefundRow::try_from).transpose()? else {
+                    tx.rollback().await?;
+                    return Err(StoreError::NotFound);
+                };
+                let step = match sluice_core::refund::transition(&row.refund, event) {
+                    Ok(step) => step,
+                    Err(refused) => {
+                        tx.rollback().await?;
+                        return Ok(Err(refused));
+                    }
+                };
+                let r = &step.refund;
+                sqlx::query(
+                    "UPDATE refunds SET state = $2, amount_msat = $3, payout_msat = $4, expires_at = $5, \
+                     payment_hash = $6, preimage = $7, lookup_required = $8, updated_at = $9 WHERE id = $1",
+                )
+                .bind(id)
+                .bind(r.state.as_str())
+                .bind(r.amount.to_i64()?)
+                .bind(r.payout.to_i64()?)
+                .bind(r.expires_at_ms)
+                .bind(r.payment_hash.as_deref())
+                .bind(r.preimage.as_deref())
+                .bind(r.lookup_required)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?;
+                write_new_postings(&mut tx, &step.postings(id)?, now_ms).await?;
+                tx.commit().await?;
+                Ok(Ok(RefundRow { refund: step.refund, updated_at_ms: now_ms, ..row }))
             }
         }
 
@@ -878,18 +1238,44 @@ macro_rules! store_impl {
                 )
                 .fetch_all(&mut *tx)
                 .await?;
+                let mismatched_jobs: Vec<String> = sqlx::query_scalar(
+                    "SELECT j.id FROM jobs j \
+                     LEFT JOIN (SELECT account, SUM(amount_msat) AS total FROM ledger_entry GROUP BY account) a \
+                       ON a.account = 'job:' || j.id \
+                     WHERE COALESCE(a.total, 0) <> CASE j.state WHEN 'evaluating' THEN j.eval_amount_msat \
+                       WHEN 'executing' THEN COALESCE(j.work_amount_msat, 0) ELSE 0 END \
+                     ORDER BY j.id",
+                )
+                .fetch_all(&mut *tx)
+                .await?;
+                let mismatched_refunds: Vec<String> = sqlx::query_scalar(
+                    "SELECT r.id FROM refunds r \
+                     LEFT JOIN (SELECT account, SUM(amount_msat) AS total FROM ledger_entry GROUP BY account) a \
+                       ON a.account = 'refund:' || r.id \
+                     WHERE COALESCE(a.total, 0) <> \
+                       CASE WHEN r.state IN ('pending', 'paying') THEN r.payout_msat ELSE 0 END \
+                     ORDER BY r.id",
+                )
+                .fetch_all(&mut *tx)
+                .await?;
                 let (balances, held): (i64, i64) = sqlx::query_as(
                     "SELECT CAST(COALESCE(SUM(balance_msat), 0) AS BIGINT), \
                      CAST(COALESCE(SUM(held_msat), 0) AS BIGINT) FROM sessions",
                 )
                 .fetch_one(&mut *tx)
                 .await?;
-                let (lightning_in, revenue): (i64, i64) = sqlx::query_as(
-                    "SELECT \
+                let (lightning_in, revenue, jobs_held, refunds_owed, pool, paid_out): (i64, i64, i64, i64, i64, i64) =
+                    sqlx::query_as(
+                        "SELECT \
                      CAST(COALESCE(SUM(CASE WHEN account = 'lightning:in' THEN amount_msat ELSE 0 END), 0) AS BIGINT), \
-                     CAST(COALESCE(SUM(CASE WHEN account = 'revenue' THEN amount_msat ELSE 0 END), 0) AS BIGINT) \
-                     FROM ledger_entry WHERE account IN ('lightning:in', 'revenue')",
-                )
+                     CAST(COALESCE(SUM(CASE WHEN account = 'revenue' THEN amount_msat ELSE 0 END), 0) AS BIGINT), \
+                     CAST(COALESCE(SUM(CASE WHEN account LIKE 'job:%' THEN amount_msat ELSE 0 END), 0) AS BIGINT), \
+                     CAST(COALESCE(SUM(CASE WHEN account LIKE 'refund:%' THEN amount_msat ELSE 0 END), 0) AS BIGINT), \
+                     CAST(COALESCE(SUM(CASE WHEN account = 'pool:generosity' THEN amount_msat ELSE 0 END), 0) AS BIGINT), \
+                     CAST(COALESCE(SUM(CASE WHEN account = 'lightning:out' THEN amount_msat ELSE 0 END), 0) AS BIGINT) \
+                     FROM ledger_entry WHERE account IN ('lightning:in', 'revenue', 'pool:generosity', 'lightning:out') \
+                     OR account LIKE 'job:%' OR account LIKE 'refund:%'",
+                    )
                 .fetch_one(&mut *tx)
                 .await?;
                 tx.rollback().await?;
@@ -898,10 +1284,16 @@ macro_rules! store_impl {
                     transactions: u64::try_from(transactions).unwrap_or_default(),
                     unbalanced,
                     mismatched_sessions,
+                    mismatched_jobs,
+                    mismatched_refunds,
                     received: msat(received)?,
                     balances: msat(balances)?,
                     held: msat(held)?,
                     revenue: msat(revenue)?,
+                    jobs_held: msat(jobs_held)?,
+                    refunds_owed: msat(refunds_owed)?,
+                    pool: msat(pool)?,
+                    paid_out: msat(paid_out)?,
                 })
             }
 
@@ -946,6 +1338,359 @@ macro_rules! store_impl {
                 .rows_affected();
                 tx.commit().await?;
                 Ok(changed == 1)
+            }
+
+            async fn create_job(&self, job: &NewJob) -> Result<(), StoreError> {
+                let inv = &job.eval_invoice;
+                let mut tx = self.begin_write().await?;
+                sqlx::query(
+                    "INSERT INTO jobs (id, state, request, eval_model, work_model, eval_hash, eval_bolt11, \
+                     eval_amount_msat, eval_expires_at, attempts, created_at, updated_at) \
+                     VALUES ($1, 'awaiting_eval_payment', $2, $3, $4, $5, $6, $7, $8, 0, $9, $9)",
+                )
+                .bind(job.id.as_str())
+                .bind(job.request.as_str())
+                .bind(job.eval_model.as_str())
+                .bind(job.work_model.as_str())
+                .bind(inv.payment_hash.as_str())
+                .bind(inv.bolt11.as_str())
+                .bind(inv.amount.to_i64()?)
+                .bind(inv.expires_at_ms)
+                .bind(job.created_at_ms)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn job(&self, id: &str) -> Result<Option<JobRow>, StoreError> {
+                let raw: Option<$crate::common::JobRaw> =
+                    sqlx::query_as(concat!("SELECT ", job_columns!(), " FROM jobs WHERE id = $1"))
+                        .bind(id)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                raw.map(JobRow::try_from).transpose()
+            }
+
+            async fn pending_job_invoices(&self, now_ms: i64, limit: u32) -> Result<Vec<PendingJobInvoice>, StoreError> {
+                let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
+                    "SELECT id, phase, payment_hash, expires_at FROM ( \
+                       SELECT id, 'eval' AS phase, eval_hash AS payment_hash, eval_expires_at AS expires_at, created_at \
+                       FROM jobs WHERE state = 'awaiting_eval_payment' AND eval_expires_at > $1 \
+                       UNION ALL \
+                       SELECT id, 'work' AS phase, work_hash AS payment_hash, work_expires_at AS expires_at, created_at \
+                       FROM jobs WHERE state = 'awaiting_work_payment' AND work_expires_at > $1 \
+                     ) p ORDER BY created_at, id LIMIT $2",
+                )
+                .bind(now_ms)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(job_id, phase, payment_hash, expires_at_ms)| PendingJobInvoice {
+                        job_id,
+                        phase: if phase == "work" { JobPhase::Work } else { JobPhase::Eval },
+                        payment_hash,
+                        expires_at_ms,
+                    })
+                    .collect())
+            }
+
+            async fn job_invoice_paid(
+                &self,
+                payment_hash: &str,
+                preimage_hex: &str,
+                now_ms: i64,
+            ) -> Result<Option<JobRow>, StoreError> {
+                let mut tx = self.begin_write().await?;
+                let raw: Option<$crate::common::JobRaw> = sqlx::query_as(concat!(
+                    "SELECT ",
+                    job_columns!(),
+                    " FROM jobs WHERE eval_hash = $1 OR work_hash = $1"
+                ))
+                .bind(payment_hash)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(job) = raw.map(JobRow::try_from).transpose()? else {
+                    tx.rollback().await?;
+                    return Err(StoreError::NotFound);
+                };
+                let (event, amount) = if job.eval_invoice.payment_hash == payment_hash {
+                    (JobEvent::EvalPaid, job.eval_invoice.amount)
+                } else {
+                    let work = job.work_invoice.as_ref().ok_or(StoreError::NotFound)?;
+                    (JobEvent::WorkPaid, work.amount)
+                };
+                let posting = Posting::job_paid(&job.id, payment_hash, amount)?;
+                // The conditional update is the lock: a concurrent recording of the same
+                // payment waits on the job row, then finds it moved on and matches nothing.
+                let advanced = match sluice_core::job::next(job.state, &event) {
+                    Ok(_) => advance_job(&mut tx, &job.id, job.state, &event, now_ms).await?,
+                    Err(_) => false,
+                };
+                if !advanced {
+                    let recorded: Option<String> =
+                        sqlx::query_scalar("SELECT id FROM ledger_tx WHERE idempotency_key = $1")
+                            .bind(posting.idempotency_key.as_str())
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    let state: Option<String> = sqlx::query_scalar("SELECT state FROM jobs WHERE id = $1")
+                        .bind(job.id.as_str())
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    tx.rollback().await?;
+                    return match recorded {
+                        Some(_) => Ok(None),
+                        None => Err(StoreError::Conflict(format!(
+                            "job {} is {}: its {} payment cannot be recorded",
+                            job.id,
+                            state.unwrap_or_default(),
+                            event.name()
+                        ))),
+                    };
+                }
+                if !write_posting(&mut tx, &posting, now_ms).await? {
+                    tx.rollback().await?;
+                    return Ok(None);
+                }
+                let paid_columns = if event == JobEvent::EvalPaid {
+                    "UPDATE jobs SET eval_preimage = $2, eval_paid_at = $3 WHERE id = $1"
+                } else {
+                    "UPDATE jobs SET work_preimage = $2, work_paid_at = $3 WHERE id = $1"
+                };
+                sqlx::query(paid_columns)
+                    .bind(job.id.as_str())
+                    .bind(preimage_hex)
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                let after = read_job(&mut tx, &job.id).await?.ok_or(StoreError::NotFound)?;
+                tx.commit().await?;
+                Ok(Some(after))
+            }
+
+            async fn job_attempt(&self, id: &str, now_ms: i64) -> Result<u32, StoreError> {
+                let mut tx = self.begin_write().await?;
+                let attempts: Option<i64> = sqlx::query_scalar(
+                    "UPDATE jobs SET attempts = attempts + 1, updated_at = $2 WHERE id = $1 RETURNING attempts",
+                )
+                .bind(id)
+                .bind(now_ms)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(attempts) = attempts else {
+                    tx.rollback().await?;
+                    return Err(StoreError::NotFound);
+                };
+                tx.commit().await?;
+                u32::try_from(attempts).map_err(|_| StoreError::Database("corrupt row: bad attempts".to_owned()))
+            }
+
+            async fn job_evaluated(
+                &self,
+                id: &str,
+                outcome: &Evaluation,
+                now_ms: i64,
+                refund_expires_at_ms: i64,
+                dust: Msat,
+            ) -> Result<JobRow, StoreError> {
+                let event = match outcome {
+                    Evaluation::Accepted { .. } => JobEvent::Accepted,
+                    Evaluation::Rejected { reason } => JobEvent::Rejected { reason: reason.clone() },
+                    Evaluation::Failed { reason } => JobEvent::Failed { reason: reason.clone() },
+                };
+                let mut tx = self.begin_write().await?;
+                let Some(job) = read_job(&mut tx, id).await? else {
+                    tx.rollback().await?;
+                    return Err(StoreError::NotFound);
+                };
+                if job.state != JobState::Evaluating
+                    || !advance_job(&mut tx, id, JobState::Evaluating, &event, now_ms).await?
+                {
+                    tx.rollback().await?;
+                    return Err(StoreError::Conflict(format!("job {id} is not being evaluated")));
+                }
+                let paid = job.eval_invoice.amount;
+                // Accepted or rejected, the evaluation was done: its fee is earned.
+                let actual = match outcome {
+                    Evaluation::Failed { .. } => Msat::ZERO,
+                    _ => paid,
+                };
+                let (_, refund_id) = settle_job_phase(
+                    &mut tx,
+                    &PhaseSettle {
+                        job_id: id,
+                        phase: JobPhase::Eval,
+                        paid,
+                        actual,
+                        dust,
+                        refund_expires_at_ms,
+                        now_ms,
+                    },
+                )
+                .await?;
+                match outcome {
+                    Evaluation::Accepted { work_invoice, btc_usd_micros, est_input_tokens, est_output_tokens } => {
+                        sqlx::query(
+                            "UPDATE jobs SET work_hash = $2, work_bolt11 = $3, work_amount_msat = $4, \
+                             work_expires_at = $5, work_btc_usd_micros = $6, est_input_tokens = $7, \
+                             est_output_tokens = $8 WHERE id = $1",
+                        )
+                        .bind(id)
+                        .bind(work_invoice.payment_hash.as_str())
+                        .bind(work_invoice.bolt11.as_str())
+                        .bind(work_invoice.amount.to_i64()?)
+                        .bind(work_invoice.expires_at_ms)
+                        .bind(to_i64(*btc_usd_micros)?)
+                        .bind(to_i64(*est_input_tokens)?)
+                        .bind(to_i64(*est_output_tokens)?)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    Evaluation::Rejected { reason } | Evaluation::Failed { reason } => {
+                        sqlx::query("UPDATE jobs SET reason = $2 WHERE id = $1")
+                            .bind(id)
+                            .bind(reason.as_str())
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+                if let Some(refund_id) = refund_id {
+                    sqlx::query("UPDATE jobs SET refund_id = $2 WHERE id = $1")
+                        .bind(id)
+                        .bind(refund_id.as_str())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                let after = read_job(&mut tx, id).await?.ok_or(StoreError::NotFound)?;
+                tx.commit().await?;
+                Ok(after)
+            }
+
+            async fn job_finished(
+                &self,
+                id: &str,
+                outcome: &WorkOutcome,
+                now_ms: i64,
+                refund_expires_at_ms: i64,
+                dust: Msat,
+            ) -> Result<JobRow, StoreError> {
+                let event = match outcome {
+                    WorkOutcome::Completed { .. } => JobEvent::Completed,
+                    WorkOutcome::Failed { reason } => JobEvent::Failed { reason: reason.clone() },
+                };
+                let mut tx = self.begin_write().await?;
+                let Some(job) = read_job(&mut tx, id).await? else {
+                    tx.rollback().await?;
+                    return Err(StoreError::NotFound);
+                };
+                if job.state != JobState::Executing
+                    || !advance_job(&mut tx, id, JobState::Executing, &event, now_ms).await?
+                {
+                    tx.rollback().await?;
+                    return Err(StoreError::Conflict(format!("job {id} is not executing")));
+                }
+                let Some(paid) = job.work_invoice.as_ref().map(|w| w.amount) else {
+                    tx.rollback().await?;
+                    return Err(StoreError::Database("corrupt row: an executing job without a work invoice".to_owned()));
+                };
+                let actual = match outcome {
+                    WorkOutcome::Completed { actual_charge, .. } => *actual_charge,
+                    WorkOutcome::Failed { .. } => Msat::ZERO,
+                };
+                let (charged, refund_id) = settle_job_phase(
+                    &mut tx,
+                    &PhaseSettle {
+                        job_id: id,
+                        phase: JobPhase::Work,
+                        paid,
+                        actual,
+                        dust,
+                        refund_expires_at_ms,
+                        now_ms,
+                    },
+                )
+                .await?;
+                match outcome {
+                    WorkOutcome::Completed { result, usage, .. } => {
+                        sqlx::query(
+                            "UPDATE jobs SET result = $2, input_tokens = $3, output_tokens = $4, work_charged_msat = $5 \
+                             WHERE id = $1",
+                        )
+                        .bind(id)
+                        .bind(result.as_str())
+                        .bind(to_i64(usage.input)?)
+                        .bind(to_i64(usage.output)?)
+                        .bind(charged.to_i64()?)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    WorkOutcome::Failed { reason } => {
+                        sqlx::query("UPDATE jobs SET reason = $2, work_charged_msat = $3 WHERE id = $1")
+                            .bind(id)
+                            .bind(reason.as_str())
+                            .bind(charged.to_i64()?)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+                if let Some(refund_id) = refund_id {
+                    sqlx::query("UPDATE jobs SET refund_id = $2 WHERE id = $1")
+                        .bind(id)
+                        .bind(refund_id.as_str())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                let after = read_job(&mut tx, id).await?.ok_or(StoreError::NotFound)?;
+                tx.commit().await?;
+                Ok(after)
+            }
+
+            async fn jobs_in_states(&self, states: &[JobState]) -> Result<Vec<JobRow>, StoreError> {
+                let mut jobs = Vec::new();
+                // One query per state keeps the SQL static and the same in both dialects.
+                for state in states {
+                    let raws: Vec<$crate::common::JobRaw> = sqlx::query_as(concat!(
+                        "SELECT ",
+                        job_columns!(),
+                        " FROM jobs WHERE state = $1 ORDER BY created_at, id"
+                    ))
+                    .bind(state.as_str())
+                    .fetch_all(&self.pool)
+                    .await?;
+                    for raw in raws {
+                        jobs.push(JobRow::try_from(raw)?);
+                    }
+                }
+                jobs.sort_by(|a, b| a.created_at_ms.cmp(&b.created_at_ms).then_with(|| a.id.cmp(&b.id)));
+                jobs.dedup_by(|later, first| later.id == first.id);
+                Ok(jobs)
+            }
+
+            async fn refund(&self, id: &str) -> Result<Option<RefundRow>, StoreError> {
+                let raw: Option<$crate::common::RefundRaw> =
+                    sqlx::query_as(concat!("SELECT ", refund_columns!(), " FROM refunds WHERE id = $1"))
+                        .bind(id)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                raw.map(RefundRow::try_from).transpose()
+            }
+
+            async fn refund_event(&self, id: &str, event: RefundEvent) -> Result<RefundRow, RefundEventError> {
+                Ok(self.apply_refund_event(id, event).await??)
+            }
+
+            async fn expired_refunds(&self, now_ms: i64) -> Result<Vec<RefundRow>, StoreError> {
+                let raws: Vec<$crate::common::RefundRaw> = sqlx::query_as(concat!(
+                    "SELECT ",
+                    refund_columns!(),
+                    " FROM refunds WHERE state = 'pending' AND expires_at <= $1 ORDER BY expires_at, id"
+                ))
+                .bind(now_ms)
+                .fetch_all(&self.pool)
+                .await?;
+                raws.into_iter().map(RefundRow::try_from).collect()
             }
         }
     };

@@ -375,6 +375,12 @@ pub struct LedgerReport {
     pub unbalanced: Vec<String>,
     /// Sessions whose stored balance or held amount differ from the ledger (ids).
     pub mismatched_sessions: Vec<String>,
+    /// Jobs whose `job:<id>` balance differs from the payment their state holds
+    /// (the evaluation fee while evaluating, the work payment while executing, else 0).
+    pub mismatched_jobs: Vec<String>,
+    /// Refunds whose `refund:<id>` balance differs from what the row owes
+    /// (the payout while pending or paying, else 0).
+    pub mismatched_refunds: Vec<String>,
     /// Total received over Lightning (minus the `lightning:in` balance).
     pub received: Msat,
     /// Sum of session balances.
@@ -383,17 +389,32 @@ pub struct LedgerReport {
     pub held: Msat,
     /// Revenue.
     pub revenue: Msat,
+    /// Paid for jobs and not yet re-priced (the `job:<id>` accounts).
+    pub jobs_held: Msat,
+    /// Refunds owed and claimable (the `refund:<id>` accounts: payable whole sats).
+    pub refunds_owed: Msat,
+    /// The generosity pool: refund remainders, dust and unclaimed refunds.
+    pub pool: Msat,
+    /// Paid out over Lightning (the `lightning:out` account).
+    pub paid_out: Msat,
 }
 
 impl LedgerReport {
-    /// The ledger balances and matches the state tables.
+    /// The ledger balances and matches the state tables: what was received
+    /// equals balances + held + revenue + jobs held + refunds owed + pool + paid out.
     pub fn is_consistent(&self) -> bool {
         self.unbalanced.is_empty()
             && self.mismatched_sessions.is_empty()
+            && self.mismatched_jobs.is_empty()
+            && self.mismatched_refunds.is_empty()
             && self
                 .balances
                 .checked_add(self.held)
                 .and_then(|v| v.checked_add(self.revenue))
+                .and_then(|v| v.checked_add(self.jobs_held))
+                .and_then(|v| v.checked_add(self.refunds_owed))
+                .and_then(|v| v.checked_add(self.pool))
+                .and_then(|v| v.checked_add(self.paid_out))
                 .ok()
                 == Some(self.received)
     }
@@ -414,6 +435,154 @@ pub struct DevInvoiceRow {
     pub expires_at_ms: i64,
     /// Paid, unix ms.
     pub paid_at_ms: Option<i64>,
+}
+
+/// A new two-phase job with its evaluation invoice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewJob {
+    /// Job id (`job_…`).
+    pub id: String,
+    /// The request text (validated by `sluice_core::job::validate_request`).
+    pub request: String,
+    /// The model that evaluates the request.
+    pub eval_model: String,
+    /// The model that does the work.
+    pub work_model: String,
+    /// The evaluation fee invoice.
+    pub eval_invoice: JobInvoice,
+    /// Created, unix ms.
+    pub created_at_ms: i64,
+}
+
+/// An invoice of one phase of a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobInvoice {
+    /// Hex payment hash.
+    pub payment_hash: String,
+    /// BOLT11.
+    pub bolt11: String,
+    /// Amount.
+    pub amount: Msat,
+    /// Expires, unix ms.
+    pub expires_at_ms: i64,
+}
+
+/// A stored job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRow {
+    /// Job id.
+    pub id: String,
+    /// State.
+    pub state: sluice_core::JobState,
+    /// The request text.
+    pub request: String,
+    /// Evaluation model.
+    pub eval_model: String,
+    /// Work model.
+    pub work_model: String,
+    /// The evaluation invoice.
+    pub eval_invoice: JobInvoice,
+    /// The work invoice (once accepted).
+    pub work_invoice: Option<JobInvoice>,
+    /// Why the evaluation rejected it, or why it failed.
+    pub reason: Option<String>,
+    /// The work's result text.
+    pub result: Option<String>,
+    /// BTC price locked when the work invoice was made, micro-USD.
+    pub work_btc_usd_micros: Option<u64>,
+    /// Estimated input tokens of the work.
+    pub est_input_tokens: Option<u64>,
+    /// Estimated (charged) output tokens of the work.
+    pub est_output_tokens: Option<u64>,
+    /// Actual input tokens of the work.
+    pub input_tokens: Option<u64>,
+    /// Actual output tokens of the work.
+    pub output_tokens: Option<u64>,
+    /// What the work was charged (≤ its invoice).
+    pub work_charged: Option<Msat>,
+    /// The refund of this job (`refund_<job id>`), once one is owed.
+    pub refund_id: Option<String>,
+    /// How many times evaluation or work was started (crash resumes count).
+    pub attempts: u32,
+    /// Created, unix ms.
+    pub created_at_ms: i64,
+    /// Last change, unix ms.
+    pub updated_at_ms: i64,
+}
+
+/// How an evaluation ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Evaluation {
+    /// Accepted: the work is quoted and invoiced.
+    Accepted {
+        /// The work invoice.
+        work_invoice: JobInvoice,
+        /// Locked BTC price, micro-USD.
+        btc_usd_micros: u64,
+        /// Estimated input tokens.
+        est_input_tokens: u64,
+        /// Charged output tokens of the estimate.
+        est_output_tokens: u64,
+    },
+    /// Refused, with the evaluator's reason (the fee is earned).
+    Rejected {
+        /// Why.
+        reason: String,
+    },
+    /// The evaluation could not be done (the fee is refunded).
+    Failed {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// How the work ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkOutcome {
+    /// Done: re-priced at actual cost; the rest of the work payment is refunded.
+    Completed {
+        /// The answer.
+        result: String,
+        /// Actual tokens.
+        usage: TokenUsage,
+        /// Actual charge at the locked price (capped at the work invoice by the store).
+        actual_charge: Msat,
+    },
+    /// Failed: the whole work payment is refunded.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A job invoice that is not paid yet (for the poller).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingJobInvoice {
+    /// The job.
+    pub job_id: String,
+    /// Which phase it pays.
+    pub phase: sluice_core::JobPhase,
+    /// Hex payment hash.
+    pub payment_hash: String,
+    /// Expires, unix ms.
+    pub expires_at_ms: i64,
+}
+
+/// A stored refund.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundRow {
+    /// Refund id (`refund_<job or session id>`).
+    pub id: String,
+    /// What owes it: `"job"` or `"session"`.
+    pub owner_kind: String,
+    /// The job or session id.
+    pub owner_id: String,
+    /// The refund as the core's state machine sees it.
+    pub refund: sluice_core::Refund,
+    /// Created, unix ms.
+    pub created_at_ms: i64,
+    /// Last change, unix ms.
+    pub updated_at_ms: i64,
 }
 
 /// The persistence port of the gateway.
@@ -530,4 +699,91 @@ pub trait Store: Send + Sync + 'static {
         payment_hash: &str,
         paid_at_ms: i64,
     ) -> Result<bool, StoreError>;
+
+    /// Create a job (state `awaiting_eval_payment`) with its evaluation invoice.
+    async fn create_job(&self, job: &NewJob) -> Result<(), StoreError>;
+
+    /// A job by id.
+    async fn job(&self, id: &str) -> Result<Option<JobRow>, StoreError>;
+
+    /// Job invoices not paid yet and not expired at `now_ms` (oldest first, at most `limit`).
+    async fn pending_job_invoices(
+        &self,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<PendingJobInvoice>, StoreError>;
+
+    /// A job invoice settled: post `Posting::job_paid` and advance the job
+    /// (`awaiting_eval_payment → evaluating` or `awaiting_work_payment → executing`),
+    /// conditionally, in one transaction. Returns the job after; `None` when this
+    /// payment was already recorded (idempotent by payment hash, also across processes).
+    /// An unknown hash is [`StoreError::NotFound`].
+    async fn job_invoice_paid(
+        &self,
+        payment_hash: &str,
+        preimage_hex: &str,
+        now_ms: i64,
+    ) -> Result<Option<JobRow>, StoreError>;
+
+    /// Count a start of evaluation or work (crash resumes included) and return the count.
+    async fn job_attempt(&self, id: &str, now_ms: i64) -> Result<u32, StoreError>;
+
+    /// Record how an evaluation ended, only from `evaluating` (else [`StoreError::Conflict`]):
+    /// the evaluation phase is settled (`Posting::job_settle(.., Eval, ..)`: charged in
+    /// full when accepted or rejected, refunded when failed, offering the refund with
+    /// `refund_expires_at_ms` and `dust`), and the state advances, in one transaction.
+    async fn job_evaluated(
+        &self,
+        id: &str,
+        outcome: &Evaluation,
+        now_ms: i64,
+        refund_expires_at_ms: i64,
+        dust: Msat,
+    ) -> Result<JobRow, StoreError>;
+
+    /// Record how the work ended, only from `executing` (else [`StoreError::Conflict`]):
+    /// the work phase is settled at `min(actual, paid)` (or 0 when failed), the rest
+    /// offered as a refund (dust and sub-sat remainders to the generosity pool), and the
+    /// state advances to `complete` or `failed`, in one transaction.
+    async fn job_finished(
+        &self,
+        id: &str,
+        outcome: &WorkOutcome,
+        now_ms: i64,
+        refund_expires_at_ms: i64,
+        dust: Msat,
+    ) -> Result<JobRow, StoreError>;
+
+    /// Jobs in any of `states` (to resume or fail them at start).
+    async fn jobs_in_states(
+        &self,
+        states: &[sluice_core::JobState],
+    ) -> Result<Vec<JobRow>, StoreError>;
+
+    /// A refund by id.
+    async fn refund(&self, id: &str) -> Result<Option<RefundRow>, StoreError>;
+
+    /// Apply one event of the core's refund state machine
+    /// (`sluice_core::refund::transition`) to a stored refund, writing its new state and
+    /// the postings of its effects in one transaction (the row locked on PostgreSQL).
+    /// The core's error is returned as [`RefundEventError::Refused`] and changes nothing.
+    async fn refund_event(
+        &self,
+        id: &str,
+        event: sluice_core::RefundEvent,
+    ) -> Result<RefundRow, RefundEventError>;
+
+    /// Pending refunds past their expiry at `now_ms` (to expire them into the pool).
+    async fn expired_refunds(&self, now_ms: i64) -> Result<Vec<RefundRow>, StoreError>;
+}
+
+/// Why a refund event was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum RefundEventError {
+    /// The refund's state machine refused it (nothing changed).
+    #[error(transparent)]
+    Refused(#[from] sluice_core::RefundError),
+    /// The store failed (or the refund does not exist: `StoreError::NotFound`).
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }

@@ -5,7 +5,9 @@
 //! same row, and PostgreSQL re-checks the condition against the committed row
 //! after the wait, so a double spend or double credit simply matches nothing.
 //! Row locks are always taken in the order request → invoice → session →
-//! spend caps (sorted by key), so writers cannot deadlock.
+//! spend caps (sorted by key), and job → refund, so writers cannot deadlock.
+//! A refund event locks its refund row first with a no-op `UPDATE`, so events
+//! on one refund apply one after another, each to the state the last one left.
 //!
 //! Migrations run at connect under sqlx's session advisory lock
 //! (`pg_advisory_lock` keyed by database name), so several gateways starting

@@ -64,6 +64,17 @@ macro_rules! all_cases {
             session_invoices_lists_every_invoice_of_one_session,
             dev_invoices,
             concurrent_opens_migrate_once,
+            job_happy_path_refunds_the_unspent_work_payment,
+            a_rejected_job_earns_its_fee_and_owes_nothing,
+            a_failed_evaluation_refunds_its_fee,
+            failed_work_refunds_the_whole_work_payment,
+            job_payments_are_recorded_once,
+            concurrent_job_outcomes_apply_once,
+            a_refund_is_claimed_and_paid_once,
+            a_failed_payout_can_be_claimed_again,
+            unclaimed_refunds_expire_into_the_pool,
+            jobs_are_listed_by_state,
+            upgrading_the_ledger_keeps_its_rows,
         );
     };
 }

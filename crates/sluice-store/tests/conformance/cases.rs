@@ -3,10 +3,13 @@
 
 use std::sync::Arc;
 
-use sluice_core::{Msat, SessionState};
+use sluice_core::{
+    JobPhase, JobState, Msat, RefundError, RefundEvent, RefundState, SessionState, TokenUsage,
+};
 use sluice_store::{
-    Credit, DevInvoiceRow, HoldOutcome, InvoicePurpose, InvoiceState, RequestStatus, Settled,
-    Store, StoreError,
+    Credit, DevInvoiceRow, Evaluation, HoldOutcome, InvoicePurpose, InvoiceState, JobInvoice,
+    LedgerReport, NewJob, PendingJobInvoice, RefundEventError, RequestStatus, Settled, Store,
+    StoreError, WorkOutcome,
 };
 
 use super::harness::{
@@ -1005,5 +1008,914 @@ pub async fn concurrent_opens_migrate_once(db: &TestDb) {
     assert!(
         again.session("s1").await.unwrap().is_none(),
         "the fresh database is separate from the test's"
+    );
+}
+
+// ---- Two-phase jobs and refunds ----
+
+/// The evaluation fee of the job fixtures.
+const EVAL_FEE: u64 = 5_500;
+/// The dust threshold the job cases offer refunds with.
+const DUST: u64 = 1_000;
+/// When the job cases' refund offers lapse.
+const REFUND_EXPIRES: i64 = NOW + 86_400_000;
+
+fn job_invoice(hash: &str, amount: u64) -> JobInvoice {
+    JobInvoice {
+        payment_hash: hash.to_owned(),
+        bolt11: format!("lnbcrt{hash}"),
+        amount: msat(amount),
+        expires_at_ms: NOW + 600_000,
+    }
+}
+
+fn new_job(id: &str, eval_fee: u64) -> NewJob {
+    NewJob {
+        id: id.to_owned(),
+        request: "Summarise the attached notes in three bullet points.".to_owned(),
+        eval_model: "judge".to_owned(),
+        work_model: "worker".to_owned(),
+        eval_invoice: job_invoice(&format!("eval-{id}"), eval_fee),
+        created_at_ms: NOW,
+    }
+}
+
+fn accepted(id: &str, work: u64) -> Evaluation {
+    Evaluation::Accepted {
+        work_invoice: job_invoice(&format!("work-{id}"), work),
+        btc_usd_micros: 100_000_000_000,
+        est_input_tokens: 40,
+        est_output_tokens: 300,
+    }
+}
+
+fn completed(actual: u64) -> WorkOutcome {
+    WorkOutcome::Completed {
+        result: "- one\n- two\n- three".to_owned(),
+        usage: TokenUsage {
+            input: 40,
+            output: 120,
+        },
+        actual_charge: msat(actual),
+    }
+}
+
+/// Create job `id` and pay its evaluation: it is `evaluating` after.
+async fn job_evaluating(store: &dyn Store, id: &str, eval_fee: u64) {
+    store.create_job(&new_job(id, eval_fee)).await.unwrap();
+    let job = store
+        .job_invoice_paid(&format!("eval-{id}"), "e0", NOW + 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(job.state, JobState::Evaluating);
+}
+
+/// Create job `id`, pay its evaluation, accept it for `work` msat and pay
+/// the work: it is `executing` after.
+async fn job_executing(store: &dyn Store, id: &str, work: u64) {
+    job_evaluating(store, id, EVAL_FEE).await;
+    store
+        .job_evaluated(id, &accepted(id, work), NOW + 2, REFUND_EXPIRES, msat(DUST))
+        .await
+        .unwrap();
+    let job = store
+        .job_invoice_paid(&format!("work-{id}"), "w0", NOW + 3)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(job.state, JobState::Executing);
+}
+
+async fn consistent_ledger(store: &dyn Store) -> LedgerReport {
+    let report = store.check_ledger().await.unwrap();
+    assert!(report.is_consistent(), "{report:?}");
+    report
+}
+
+pub async fn job_happy_path_refunds_the_unspent_work_payment(db: &TestDb) {
+    let store = &*db.store;
+    store.create_job(&new_job("j1", EVAL_FEE)).await.unwrap();
+    let created = store.job("j1").await.unwrap().unwrap();
+    assert_eq!(created.state, JobState::AwaitingEvalPayment);
+    assert_eq!(created.eval_invoice, job_invoice("eval-j1", EVAL_FEE));
+    assert_eq!(
+        (
+            created.work_invoice.clone(),
+            created.refund_id.clone(),
+            created.attempts
+        ),
+        (None, None, 0)
+    );
+    assert!(store.job("nope").await.unwrap().is_none());
+    // The watcher sees the unpaid evaluation invoice until it expires.
+    let pending = store.pending_job_invoices(NOW, 10).await.unwrap();
+    assert_eq!(
+        pending,
+        vec![PendingJobInvoice {
+            job_id: "j1".into(),
+            phase: JobPhase::Eval,
+            payment_hash: "eval-j1".into(),
+            expires_at_ms: NOW + 600_000,
+        }]
+    );
+    assert!(
+        store
+            .pending_job_invoices(NOW + 600_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let paid = store
+        .job_invoice_paid("eval-j1", "e0", NOW + 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (paid.state, paid.updated_at_ms),
+        (JobState::Evaluating, NOW + 1)
+    );
+    assert!(
+        store
+            .pending_job_invoices(NOW, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.job_attempt("j1", NOW + 1).await.unwrap(), 1);
+    assert_eq!(store.job_attempt("j1", NOW + 1).await.unwrap(), 2);
+    assert!(matches!(
+        store.job_attempt("nope", NOW).await,
+        Err(StoreError::NotFound)
+    ));
+    let report = consistent_ledger(store).await;
+    assert_eq!(
+        (report.received, report.jobs_held),
+        (msat(EVAL_FEE), msat(EVAL_FEE))
+    );
+
+    let job = store
+        .job_evaluated(
+            "j1",
+            &accepted("j1", 100_000),
+            NOW + 2,
+            REFUND_EXPIRES,
+            msat(DUST),
+        )
+        .await
+        .unwrap();
+    assert_eq!(job.state, JobState::AwaitingWorkPayment);
+    assert_eq!(job.work_invoice, Some(job_invoice("work-j1", 100_000)));
+    assert_eq!(
+        (
+            job.work_btc_usd_micros,
+            job.est_input_tokens,
+            job.est_output_tokens
+        ),
+        (Some(100_000_000_000), Some(40), Some(300))
+    );
+    // The fee is earned, so nothing is owed back for the evaluation.
+    assert_eq!(job.refund_id, None);
+    assert!(store.refund("refund_j1").await.unwrap().is_none());
+    let report = consistent_ledger(store).await;
+    assert_eq!(
+        (report.revenue, report.jobs_held),
+        (msat(EVAL_FEE), Msat::ZERO)
+    );
+    let pending = store.pending_job_invoices(NOW, 10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(
+        (pending[0].phase, pending[0].payment_hash.as_str()),
+        (JobPhase::Work, "work-j1")
+    );
+
+    let job = store
+        .job_invoice_paid("work-j1", "w0", NOW + 3)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(job.state, JobState::Executing);
+    assert_eq!(consistent_ledger(store).await.jobs_held, msat(100_000));
+
+    // 37.5 sat of 100 sat used: 62 sat are claimable, the half sat goes to the pool.
+    let job = store
+        .job_finished(
+            "j1",
+            &completed(37_500),
+            NOW + 4,
+            REFUND_EXPIRES,
+            msat(DUST),
+        )
+        .await
+        .unwrap();
+    assert_eq!(job.state, JobState::Complete);
+    assert_eq!(job.result.as_deref(), Some("- one\n- two\n- three"));
+    assert_eq!((job.input_tokens, job.output_tokens), (Some(40), Some(120)));
+    assert_eq!(job.work_charged, Some(msat(37_500)));
+    assert_eq!(job.refund_id.as_deref(), Some("refund_j1"));
+    assert_eq!(job.attempts, 2);
+    assert_eq!(store.job("j1").await.unwrap().unwrap(), job);
+
+    let refund = store.refund("refund_j1").await.unwrap().unwrap();
+    assert_eq!(
+        (refund.owner_kind.as_str(), refund.owner_id.as_str()),
+        ("job", "j1")
+    );
+    assert_eq!(refund.refund.state, RefundState::Pending);
+    assert_eq!(
+        (refund.refund.amount, refund.refund.payout),
+        (msat(62_500), msat(62_000))
+    );
+    assert_eq!(refund.refund.expires_at_ms, REFUND_EXPIRES);
+    assert_eq!(
+        (refund.created_at_ms, refund.updated_at_ms),
+        (NOW + 4, NOW + 4)
+    );
+
+    let report = consistent_ledger(store).await;
+    assert_eq!(report.received, msat(105_500));
+    assert_eq!(report.revenue, msat(EVAL_FEE + 37_500));
+    assert_eq!(report.jobs_held, Msat::ZERO);
+    assert_eq!(report.refunds_owed, msat(62_000));
+    assert_eq!(report.pool, msat(500));
+    assert_eq!(report.paid_out, Msat::ZERO);
+    assert!(
+        store
+            .pending_job_invoices(NOW, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Rows that drift from the ledger are noticed.
+    db.raw("UPDATE refunds SET payout_msat = payout_msat + 1000 WHERE id = 'refund_j1'")
+        .await;
+    db.raw("UPDATE jobs SET state = 'executing' WHERE id = 'j1'")
+        .await;
+    let report = store.check_ledger().await.unwrap();
+    assert_eq!(report.mismatched_refunds, vec!["refund_j1".to_owned()]);
+    assert_eq!(report.mismatched_jobs, vec!["j1".to_owned()]);
+    assert!(!report.is_consistent());
+}
+
+pub async fn a_rejected_job_earns_its_fee_and_owes_nothing(db: &TestDb) {
+    let store = &*db.store;
+    job_evaluating(store, "j1", EVAL_FEE).await;
+    let job = store
+        .job_evaluated(
+            "j1",
+            &Evaluation::Rejected {
+                reason: "not a summarisation task".into(),
+            },
+            NOW + 2,
+            REFUND_EXPIRES,
+            msat(DUST),
+        )
+        .await
+        .unwrap();
+    assert_eq!(job.state, JobState::Rejected);
+    assert_eq!(job.reason.as_deref(), Some("not a summarisation task"));
+    assert_eq!((job.work_invoice, job.refund_id), (None, None));
+    assert!(store.refund("refund_j1").await.unwrap().is_none());
+    let report = consistent_ledger(store).await;
+    assert_eq!(
+        (report.revenue, report.refunds_owed, report.pool),
+        (msat(EVAL_FEE), Msat::ZERO, Msat::ZERO)
+    );
+    // A finished job cannot be evaluated or finished again.
+    assert!(matches!(
+        store
+            .job_evaluated(
+                "j1",
+                &accepted("j1", 1_000),
+                NOW + 3,
+                REFUND_EXPIRES,
+                msat(DUST)
+            )
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        store
+            .job_finished("j1", &completed(1), NOW + 3, REFUND_EXPIRES, msat(DUST))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        store.job("j1").await.unwrap().unwrap().state,
+        JobState::Rejected
+    );
+}
+
+pub async fn a_failed_evaluation_refunds_its_fee(db: &TestDb) {
+    let store = &*db.store;
+    job_evaluating(store, "j1", EVAL_FEE).await;
+    let failed = Evaluation::Failed {
+        reason: "the evaluator is unavailable".into(),
+    };
+    let job = store
+        .job_evaluated("j1", &failed, NOW + 2, REFUND_EXPIRES, msat(DUST))
+        .await
+        .unwrap();
+    assert_eq!(job.state, JobState::Failed);
+    assert_eq!(job.reason.as_deref(), Some("the evaluator is unavailable"));
+    assert_eq!(job.refund_id.as_deref(), Some("refund_j1"));
+    let refund = store.refund("refund_j1").await.unwrap().unwrap().refund;
+    assert_eq!(
+        (refund.state, refund.amount, refund.payout),
+        (RefundState::Pending, msat(EVAL_FEE), msat(5_000))
+    );
+    let report = consistent_ledger(store).await;
+    assert_eq!(
+        (report.revenue, report.refunds_owed, report.pool),
+        (Msat::ZERO, msat(5_000), msat(500))
+    );
+
+    // A fee below the dust threshold goes to the pool whole: nothing to claim.
+    job_evaluating(store, "j2", 800).await;
+    let job = store
+        .job_evaluated("j2", &failed, NOW + 2, REFUND_EXPIRES, msat(DUST))
+        .await
+        .unwrap();
+    assert_eq!(job.refund_id.as_deref(), Some("refund_j2"));
+    let dust = store.refund("refund_j2").await.unwrap().unwrap();
+    assert_eq!(
+        (dust.refund.state, dust.refund.amount, dust.refund.payout),
+        (RefundState::None, msat(800), Msat::ZERO)
+    );
+    assert!(dust.refund.is_final());
+    let claim = RefundEvent::Claim {
+        invoice_amount: Msat::ZERO,
+        invoice_hash: "x".into(),
+        now_ms: NOW + 3,
+    };
+    assert!(matches!(
+        store.refund_event("refund_j2", claim).await,
+        Err(RefundEventError::Refused(RefundError::Dust { .. }))
+    ));
+    let report = consistent_ledger(store).await;
+    assert_eq!(
+        (report.refunds_owed, report.pool),
+        (msat(5_000), msat(1_300))
+    );
+    assert!(
+        store
+            .expired_refunds(REFUND_EXPIRES + 1)
+            .await
+            .unwrap()
+            .iter()
+            .all(|r| r.id != "refund_j2")
+    );
+}
+
+pub async fn failed_work_refunds_the_whole_work_payment(db: &TestDb) {
+    let store = &*db.store;
+    job_executing(store, "j1", 100_000).await;
+    let job = store
+        .job_finished(
+            "j1",
+            &WorkOutcome::Failed {
+                reason: "the worker crashed".into(),
+            },
+            NOW + 4,
+            REFUND_EXPIRES,
+            msat(DUST),
+        )
+        .await
+        .unwrap();
+    assert_eq!(job.state, JobState::Failed);
+    assert_eq!(job.reason.as_deref(), Some("the worker crashed"));
+    assert_eq!(job.work_charged, Some(Msat::ZERO));
+    assert_eq!(job.result, None);
+    let refund = store
+        .refund(job.refund_id.as_deref().unwrap())
+        .await
+        .unwrap()
+        .unwrap()
+        .refund;
+    assert_eq!(
+        (refund.state, refund.amount, refund.payout),
+        (RefundState::Pending, msat(100_000), msat(100_000))
+    );
+    let report = consistent_ledger(store).await;
+    assert_eq!(report.revenue, msat(EVAL_FEE));
+    assert_eq!(
+        (report.refunds_owed, report.pool, report.jobs_held),
+        (msat(100_000), Msat::ZERO, Msat::ZERO)
+    );
+    // A charge above the work payment is capped at it: nothing is owed back.
+    job_executing(store, "j2", 20_000).await;
+    let job = store
+        .job_finished(
+            "j2",
+            &completed(25_000),
+            NOW + 4,
+            REFUND_EXPIRES,
+            msat(DUST),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (job.work_charged, job.refund_id),
+        (Some(msat(20_000)), None)
+    );
+    consistent_ledger(store).await;
+}
+
+pub async fn job_payments_are_recorded_once(db: &TestDb) {
+    let store = &*db.store;
+    assert!(matches!(
+        store.job_invoice_paid("nope", "00", NOW).await,
+        Err(StoreError::NotFound)
+    ));
+    store.create_job(&new_job("j1", EVAL_FEE)).await.unwrap();
+    // Two gateway processes on one database, ten settlement events each.
+    let other = db.reopen().await.unwrap();
+    let calls = (0..20).map(|i| {
+        let store: Arc<dyn Store> = if i % 2 == 0 {
+            Arc::clone(&db.store)
+        } else {
+            Arc::clone(&other)
+        };
+        tokio::spawn(async move { store.job_invoice_paid("eval-j1", "e0", NOW + 1).await })
+    });
+    let outcomes: Vec<_> = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes.iter().filter(|o| o.is_some()).count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        store.job("j1").await.unwrap().unwrap().state,
+        JobState::Evaluating
+    );
+    // A late repeat is a no-op too.
+    assert_eq!(
+        store
+            .job_invoice_paid("eval-j1", "e0", NOW + 9)
+            .await
+            .unwrap(),
+        None
+    );
+    let report = consistent_ledger(store).await;
+    assert_eq!(
+        (report.received, report.jobs_held, report.transactions),
+        (msat(EVAL_FEE), msat(EVAL_FEE), 1)
+    );
+    // The work payment, repeated, likewise.
+    store
+        .job_evaluated(
+            "j1",
+            &accepted("j1", 50_000),
+            NOW + 2,
+            REFUND_EXPIRES,
+            msat(DUST),
+        )
+        .await
+        .unwrap();
+    assert!(
+        store
+            .job_invoice_paid("work-j1", "w0", NOW + 3)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(
+        other
+            .job_invoice_paid("work-j1", "w0", NOW + 3)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .job_invoice_paid("eval-j1", "e0", NOW + 3)
+            .await
+            .unwrap(),
+        None
+    );
+    let report = consistent_ledger(store).await;
+    assert_eq!(report.received, msat(EVAL_FEE + 50_000));
+    // Job ids and invoice hashes are unique.
+    assert!(matches!(
+        store.create_job(&new_job("j1", 1)).await,
+        Err(StoreError::Conflict(_))
+    ));
+}
+
+pub async fn concurrent_job_outcomes_apply_once(db: &TestDb) {
+    let store = &*db.store;
+    store.create_job(&new_job("j1", EVAL_FEE)).await.unwrap();
+    // Not paid yet: no evaluation can be recorded.
+    assert!(matches!(
+        store
+            .job_evaluated(
+                "j1",
+                &accepted("j1", 1_000),
+                NOW,
+                REFUND_EXPIRES,
+                msat(DUST)
+            )
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        store
+            .job_evaluated(
+                "nope",
+                &accepted("nope", 1_000),
+                NOW,
+                REFUND_EXPIRES,
+                msat(DUST)
+            )
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    store
+        .job_invoice_paid("eval-j1", "e0", NOW + 1)
+        .await
+        .unwrap();
+    let other = db.reopen().await.unwrap();
+    let failed = Evaluation::Failed {
+        reason: "timeout".into(),
+    };
+    let accept = accepted("j1", 40_000);
+    let (a, b) = tokio::join!(
+        store.job_evaluated("j1", &accept, NOW + 2, REFUND_EXPIRES, msat(DUST)),
+        other.job_evaluated("j1", &failed, NOW + 2, REFUND_EXPIRES, msat(DUST)),
+    );
+    let (won, lost) = match (a, b) {
+        (Ok(w), Err(l)) | (Err(l), Ok(w)) => (w, l),
+        other => panic!("expected exactly one winner: {other:?}"),
+    };
+    assert!(matches!(lost, StoreError::Conflict(_)), "{lost:?}");
+    assert_eq!(store.job("j1").await.unwrap().unwrap(), won);
+    consistent_ledger(store).await;
+
+    job_executing(store, "j2", 40_000).await;
+    let (done, broke) = (
+        completed(10_000),
+        WorkOutcome::Failed { reason: "x".into() },
+    );
+    let (a, b) = tokio::join!(
+        store.job_finished("j2", &done, NOW + 4, REFUND_EXPIRES, msat(DUST)),
+        other.job_finished("j2", &broke, NOW + 4, REFUND_EXPIRES, msat(DUST)),
+    );
+    let won = match (a, b) {
+        (Ok(w), Err(StoreError::Conflict(_))) | (Err(StoreError::Conflict(_)), Ok(w)) => w,
+        other => panic!("expected exactly one winner: {other:?}"),
+    };
+    assert_eq!(store.job("j2").await.unwrap().unwrap(), won);
+    let refund = store.refund("refund_j2").await.unwrap().unwrap().refund;
+    let expected = if won.state == JobState::Complete {
+        30_000
+    } else {
+        40_000
+    };
+    assert_eq!(refund.amount, msat(expected));
+    consistent_ledger(store).await;
+}
+
+pub async fn a_refund_is_claimed_and_paid_once(db: &TestDb) {
+    let store = &*db.store;
+    job_executing(store, "j1", 100_000).await;
+    store
+        .job_finished(
+            "j1",
+            &completed(37_500),
+            NOW + 4,
+            REFUND_EXPIRES,
+            msat(DUST),
+        )
+        .await
+        .unwrap();
+    let claim = |amount: u64, hash: &str| RefundEvent::Claim {
+        invoice_amount: msat(amount),
+        invoice_hash: hash.into(),
+        now_ms: NOW + 5,
+    };
+    assert!(matches!(
+        store.refund_event("nope", claim(62_000, "h1")).await,
+        Err(RefundEventError::Store(StoreError::NotFound))
+    ));
+    // The invoice must be for exactly the payable whole sats.
+    assert!(matches!(
+        store.refund_event("refund_j1", claim(62_500, "h1")).await,
+        Err(RefundEventError::Refused(RefundError::WrongAmount {
+            expected_sats: 62,
+            ..
+        }))
+    ));
+    let before = store.refund("refund_j1").await.unwrap().unwrap();
+    assert_eq!(before.refund.state, RefundState::Pending);
+    let paying = store
+        .refund_event("refund_j1", claim(62_000, "h1"))
+        .await
+        .unwrap();
+    assert_eq!(paying.refund.state, RefundState::Paying);
+    assert_eq!(paying.refund.payment_hash.as_deref(), Some("h1"));
+    assert_eq!(paying.updated_at_ms, NOW + 5);
+    assert_eq!(store.refund("refund_j1").await.unwrap().unwrap(), paying);
+    // A second claim, with any invoice, is refused and changes nothing.
+    match store.refund_event("refund_j1", claim(62_000, "h2")).await {
+        Err(RefundEventError::Refused(RefundError::AlreadyClaimed { payment_hash })) => {
+            assert_eq!(payment_hash, "h1")
+        }
+        other => panic!("expected AlreadyClaimed: {other:?}"),
+    }
+    // Money may be on its way: it cannot expire into the pool.
+    assert!(matches!(
+        store
+            .refund_event(
+                "refund_j1",
+                RefundEvent::Expire {
+                    now_ms: REFUND_EXPIRES
+                }
+            )
+            .await,
+        Err(RefundEventError::Refused(
+            RefundError::PayoutInFlight { .. }
+        ))
+    ));
+    let unknown = store
+        .refund_event(
+            "refund_j1",
+            RefundEvent::PayoutUnknown {
+                payment_hash: "h1".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(unknown.refund.lookup_required);
+    let claimed = store
+        .refund_event(
+            "refund_j1",
+            RefundEvent::PayoutSucceeded {
+                payment_hash: "h1".into(),
+                preimage: "p1".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(claimed.refund.state, RefundState::Claimed);
+    assert_eq!(claimed.refund.preimage.as_deref(), Some("p1"));
+    assert!(!claimed.refund.lookup_required);
+    assert_eq!(
+        store.refund("refund_j1").await.unwrap().unwrap().refund,
+        claimed.refund
+    );
+    let report = consistent_ledger(store).await;
+    assert_eq!(
+        (report.paid_out, report.refunds_owed, report.pool),
+        (msat(62_000), Msat::ZERO, msat(500))
+    );
+    // Paid is final: no claim and no second success posts again.
+    assert!(matches!(
+        store.refund_event("refund_j1", claim(62_000, "h3")).await,
+        Err(RefundEventError::Refused(
+            RefundError::AlreadyClaimed { .. }
+        ))
+    ));
+    assert!(matches!(
+        store
+            .refund_event(
+                "refund_j1",
+                RefundEvent::PayoutSucceeded {
+                    payment_hash: "h1".into(),
+                    preimage: "p1".into()
+                }
+            )
+            .await,
+        Err(RefundEventError::Refused(_))
+    ));
+    assert_eq!(consistent_ledger(store).await.paid_out, msat(62_000));
+}
+
+pub async fn a_failed_payout_can_be_claimed_again(db: &TestDb) {
+    let store = &*db.store;
+    job_executing(store, "j1", 10_000).await;
+    store
+        .job_finished(
+            "j1",
+            &WorkOutcome::Failed { reason: "x".into() },
+            NOW + 4,
+            REFUND_EXPIRES,
+            msat(DUST),
+        )
+        .await
+        .unwrap();
+    let claim = |hash: &str| RefundEvent::Claim {
+        invoice_amount: msat(10_000),
+        invoice_hash: hash.into(),
+        now_ms: NOW + 5,
+    };
+    store.refund_event("refund_j1", claim("h1")).await.unwrap();
+    assert!(matches!(
+        store
+            .refund_event(
+                "refund_j1",
+                RefundEvent::PayoutFailed {
+                    payment_hash: "other".into()
+                }
+            )
+            .await,
+        Err(RefundEventError::Refused(RefundError::HashMismatch { .. }))
+    ));
+    let again = store
+        .refund_event(
+            "refund_j1",
+            RefundEvent::PayoutFailed {
+                payment_hash: "h1".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.refund.state, again.refund.payment_hash.clone()),
+        (RefundState::Pending, None)
+    );
+    assert_eq!(
+        store
+            .refund_event("refund_j1", claim("h2"))
+            .await
+            .unwrap()
+            .refund
+            .state,
+        RefundState::Paying
+    );
+    let report = consistent_ledger(store).await;
+    assert_eq!(
+        (report.paid_out, report.refunds_owed),
+        (Msat::ZERO, msat(10_000))
+    );
+}
+
+pub async fn unclaimed_refunds_expire_into_the_pool(db: &TestDb) {
+    let store = &*db.store;
+    job_executing(store, "j1", 100_000).await;
+    store
+        .job_finished("j1", &completed(37_500), NOW + 4, NOW + 10_000, msat(DUST))
+        .await
+        .unwrap();
+    job_executing(store, "j2", 100_000).await;
+    store
+        .job_finished("j2", &completed(37_500), NOW + 4, NOW + 20_000, msat(DUST))
+        .await
+        .unwrap();
+    assert!(store.expired_refunds(NOW + 9_999).await.unwrap().is_empty());
+    let due: Vec<String> = store
+        .expired_refunds(NOW + 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(due, vec!["refund_j1".to_owned()]);
+    // Too early: refused, nothing changes.
+    assert!(matches!(
+        store
+            .refund_event(
+                "refund_j1",
+                RefundEvent::Expire {
+                    now_ms: NOW + 9_999
+                }
+            )
+            .await,
+        Err(RefundEventError::Refused(RefundError::NotExpired { .. }))
+    ));
+    // Claims after the expiry are refused.
+    assert!(matches!(
+        store
+            .refund_event(
+                "refund_j1",
+                RefundEvent::Claim {
+                    invoice_amount: msat(62_000),
+                    invoice_hash: "h".into(),
+                    now_ms: NOW + 10_000
+                }
+            )
+            .await,
+        Err(RefundEventError::Refused(RefundError::Expired { .. }))
+    ));
+    let expired = store
+        .refund_event(
+            "refund_j1",
+            RefundEvent::Expire {
+                now_ms: NOW + 10_000,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(expired.refund.state, RefundState::Expired);
+    let report = consistent_ledger(store).await;
+    assert_eq!(
+        (report.refunds_owed, report.pool),
+        (msat(62_000), msat(62_500 + 500))
+    );
+    assert!(
+        store
+            .expired_refunds(NOW + 10_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let due: Vec<String> = store
+        .expired_refunds(NOW + 30_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(due, vec!["refund_j2".to_owned()]);
+    assert!(matches!(
+        store
+            .refund_event(
+                "refund_j1",
+                RefundEvent::Expire {
+                    now_ms: NOW + 30_000
+                }
+            )
+            .await,
+        Err(RefundEventError::Refused(RefundError::Expired { .. }))
+    ));
+}
+
+pub async fn jobs_are_listed_by_state(db: &TestDb) {
+    let store = &*db.store;
+    store.create_job(&new_job("j1", EVAL_FEE)).await.unwrap();
+    job_evaluating(store, "j2", EVAL_FEE).await;
+    job_executing(store, "j3", 10_000).await;
+    let ids = |jobs: Vec<sluice_store::JobRow>| jobs.into_iter().map(|j| j.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store
+            .jobs_in_states(&[JobState::Evaluating, JobState::Executing])
+            .await
+            .unwrap()),
+        vec!["j2".to_owned(), "j3".to_owned()]
+    );
+    assert_eq!(
+        ids(store
+            .jobs_in_states(&[JobState::AwaitingEvalPayment])
+            .await
+            .unwrap()),
+        vec!["j1".to_owned()]
+    );
+    assert!(
+        store
+            .jobs_in_states(&[JobState::Complete])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(store.jobs_in_states(&[]).await.unwrap().is_empty());
+}
+
+pub async fn upgrading_the_ledger_keeps_its_rows(db: &TestDb) {
+    // A ledger written before jobs existed: one deposit, one hold.
+    let legacy = "INSERT INTO sessions (id, state, balance_msat, held_msat, deposited_msat, spent_msat, created_at, \
+                  expires_at, updated_at) VALUES ('s1', 'active', 30000, 20000, 50000, 0, 1, 2, 1); \
+                  INSERT INTO ledger_tx (id, kind, idempotency_key, created_at) VALUES \
+                  ('t1', 'deposit', 'deposit:h1', 1), ('t2', 'hold', 'hold:r1', 2); \
+                  INSERT INTO ledger_entry (tx_id, account, amount_msat) VALUES \
+                  ('t1', 'lightning:in', -50000), ('t1', 'session:s1', 50000), \
+                  ('t2', 'session:s1', -20000), ('t2', 'session:s1:held', 20000);";
+    let store = db.upgraded_from(2, legacy).await;
+    let report = consistent_ledger(&*store).await;
+    assert_eq!(report.transactions, 2);
+    assert_eq!(
+        (report.received, report.balances, report.held),
+        (msat(50_000), msat(30_000), msat(20_000))
+    );
+    // The new kinds are accepted, and the old rows still hold a repeat off.
+    job_evaluating(&*store, "j1", EVAL_FEE).await;
+    credit_once(&*store).await;
+    let report = consistent_ledger(&*store).await;
+    assert_eq!(
+        (report.transactions, report.received),
+        (4, msat(50_000 + EVAL_FEE + 10_000))
+    );
+    assert_eq!(report.balances, msat(30_000 + 10_000));
+}
+
+/// Credit a new session's deposit, then check that a repeat is refused by its
+/// idempotency key (which the upgrade must keep unique).
+async fn credit_once(store: &dyn Store) {
+    let (s, inv) = new_session("s2", 10_000);
+    store.create_session(&s, &inv).await.unwrap();
+    store
+        .credit_invoice("dep-s2", "00", NOW, &policy())
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .credit_invoice("dep-s2", "00", NOW, &policy())
+            .await
+            .unwrap(),
+        Credit::AlreadyCredited
     );
 }

@@ -144,6 +144,67 @@ impl TestDb {
         }
     }
 
+    /// A brand-new database (a second file, or a second schema) migrated only
+    /// up to `version`, with `legacy_sql` run on it, then opened as a store (which
+    /// applies the later migrations), as an upgraded gateway would find it.
+    pub async fn upgraded_from(&self, version: i64, legacy_sql: &str) -> Arc<dyn Store> {
+        let dialect = self.dialect();
+        let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("migrations")
+            .join(dialect);
+        // A migrator over the first migrations only: the same files, so their
+        // checksums match when the store later applies the rest.
+        let old = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(&source).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+            let v: i64 = name.split('_').next().unwrap().parse().unwrap();
+            if v <= version {
+                std::fs::copy(&path, old.path().join(&name)).unwrap();
+            }
+        }
+        let migrator = sqlx::migrate::Migrator::new(old.path()).await.unwrap();
+        match &self.backend {
+            Backend::Sqlite { _dir: dir, .. } => {
+                let url = format!("sqlite://{}", dir.path().join("legacy.db").display());
+                let options = sqlx::sqlite::SqliteConnectOptions::from_str(&url)
+                    .unwrap()
+                    .create_if_missing(true)
+                    .foreign_keys(true);
+                let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+                migrator.run(&pool).await.unwrap();
+                sqlx::raw_sql(sqlx::AssertSqlSafe(legacy_sql.to_owned()))
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+                pool.close().await;
+                Arc::new(SqliteStore::connect(&url).await.unwrap())
+            }
+            Backend::Pg {
+                store,
+                base_url,
+                schema,
+            } => {
+                let fresh = format!("{schema}_fresh");
+                store
+                    .debug_execute(&format!("CREATE SCHEMA {fresh}"))
+                    .await
+                    .unwrap();
+                let options = PgConnectOptions::from_str(base_url)
+                    .unwrap()
+                    .options([("search_path", fresh.as_str())]);
+                let pool = sqlx::PgPool::connect_with(options.clone()).await.unwrap();
+                migrator.run(&pool).await.unwrap();
+                sqlx::raw_sql(sqlx::AssertSqlSafe(legacy_sql.to_owned()))
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+                pool.close().await;
+                Arc::new(PgStore::connect_with(options, 2).await.unwrap())
+            }
+        }
+    }
+
     /// Run raw SQL behind the store's back (to tamper with rows).
     pub async fn raw(&self, sql: &str) -> u64 {
         match &self.backend {

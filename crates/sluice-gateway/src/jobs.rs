@@ -1,0 +1,626 @@
+//! Two-phase jobs: pay a small evaluation fee; a model decides whether to
+//! take the request; if accepted, pay the work invoice (priced from the
+//! estimate); the work runs in the background and is re-priced at its actual
+//! cost at the BTC price locked at invoice time; what was overpaid is a
+//! refund the payer claims with an invoice of their own.
+//!
+//! Every transition is conditional in the store, so a state advances once
+//! even under concurrent polls or several gateway processes. The process
+//! whose credit of a payment succeeded runs the next phase. At start, a job
+//! left `evaluating` is evaluated again (idempotent), one left `executing` is
+//! failed and its work payment refunded (`sluice_core::job::on_restart`).
+
+use std::time::Duration;
+
+use axum::{
+    Json,
+    extract::{Path, Query, State, rejection::JsonRejection},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sluice_core::{
+    BtcUsd, JobError, JobState, Msat, RefundError, RefundEvent, RestartAction, TokenUsage,
+    UsdMicros, charge_for, job::validate_request, on_restart, output_budget,
+};
+use sluice_lightning::{LightningError, bolt11};
+use sluice_store::{
+    Evaluation, JobInvoice, JobRow, NewJob, RefundEventError, StoreError, WorkOutcome,
+};
+
+use crate::{
+    error::ApiError,
+    request::ChatBody,
+    sessions::lightning_error,
+    state::{AppState, new_id, now_ms},
+    upstream::{ChatCall, Completion},
+};
+
+/// The instruction given to the evaluation model.
+const EVAL_PROMPT: &str = "You decide whether an AI assistant should take on a user's request. \
+Accept ordinary questions and tasks; reject requests that are harmful, illegal, or impossible to answer in text. \
+Reply with JSON only: {\"accepted\": true or false, \"reason\": \"one short sentence\"}.";
+/// Output limit of an evaluation.
+const EVAL_MAX_TOKENS: u64 = 128;
+
+/// The jobs models, chosen at start.
+#[derive(Debug, Clone)]
+pub struct JobModels {
+    /// Evaluates requests.
+    pub eval: String,
+    /// Does the work.
+    pub work: String,
+}
+
+fn jobs(state: &AppState) -> Result<&JobModels, ApiError> {
+    state
+        .job_models
+        .as_ref()
+        .ok_or_else(|| ApiError::not_found("not_found", "jobs are not enabled on this gateway"))
+}
+
+fn ms(secs: u64) -> i64 {
+    i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
+}
+
+fn invoice_of(inv: &sluice_lightning::Invoice) -> JobInvoice {
+    JobInvoice {
+        payment_hash: inv.payment_hash.to_hex(),
+        bolt11: inv.bolt11.clone(),
+        amount: inv.amount,
+        expires_at_ms: ms(inv.expires_at),
+    }
+}
+
+fn invoice_json(state: &AppState, i: &JobInvoice) -> Value {
+    let mut v = json!({
+        "bolt11": i.bolt11,
+        "payment_hash": i.payment_hash,
+        "amount_sats": i.amount.to_sats_floor(),
+        "expires_at": i.expires_at_ms / 1000,
+    });
+    if !state.lightning.is_real_money() {
+        v["warning"] = Value::String("dev wallet invoice: NOT real money".into());
+    }
+    v
+}
+
+fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::NotFound => ApiError::not_found("job_not_found", "no such job"),
+        other => other.into(),
+    }
+}
+
+/// Body of `POST /v1/jobs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateJob {
+    /// What to do.
+    pub request: Option<String>,
+}
+
+/// `POST /v1/jobs`: a job and its evaluation invoice.
+pub async fn create(
+    State(state): State<AppState>,
+    body: Result<Json<CreateJob>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let models = jobs(&state)?.clone();
+    let Json(b) = body?;
+    validate_request(b.request.as_deref(), state.jobs.max_request_chars).map_err(|e| match e {
+        JobError::RequestTooLong { .. } => ApiError::bad_request("request_too_long", e.to_string()),
+        other => ApiError::bad_request("request_missing", other.to_string()),
+    })?;
+    let request = b.request.unwrap_or_default();
+    let fee = Msat::from_sats(state.jobs.eval_fee_sats).map_err(|e| ApiError::internal(&e))?;
+    let inv = state
+        .lightning
+        .create_invoice(fee, "sluice job evaluation fee", state.invoice_expiry)
+        .await
+        .map_err(lightning_error)?;
+    let id = new_id("job");
+    let eval_invoice = invoice_of(&inv);
+    state
+        .store
+        .create_job(&NewJob {
+            id: id.clone(),
+            request,
+            eval_model: models.eval,
+            work_model: models.work,
+            eval_invoice: eval_invoice.clone(),
+            created_at_ms: now_ms(),
+        })
+        .await?;
+    tracing::info!(job_id = %id, "job created");
+    let body = json!({
+        "job_id": id,
+        "state": JobState::AwaitingEvalPayment.as_str(),
+        "eval_invoice": invoice_json(&state, &eval_invoice),
+    });
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// `?wait=N`: long-poll up to N seconds (at most 60) for the state to change.
+#[derive(Debug, Deserialize)]
+pub struct WaitQuery {
+    /// Seconds to wait.
+    pub wait: Option<u64>,
+}
+
+/// `GET /v1/jobs/{id}`
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<WaitQuery>,
+) -> Result<Json<Value>, ApiError> {
+    jobs(&state)?;
+    let mut job = state
+        .store
+        .job(&id)
+        .await?
+        .ok_or_else(|| store_error(StoreError::NotFound))?;
+    if let Some(wait) = q.wait.filter(|w| *w > 0) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(wait.min(60));
+        let first = job.state;
+        while job.state == first && !first.is_terminal() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            job = state
+                .store
+                .job(&id)
+                .await?
+                .ok_or_else(|| store_error(StoreError::NotFound))?;
+        }
+    }
+    job_json(&state, &job).await.map(Json)
+}
+
+async fn job_json(state: &AppState, job: &JobRow) -> Result<Value, ApiError> {
+    let mut v = json!({
+        "job_id": job.id,
+        "state": job.state.as_str(),
+        "eval_model": job.eval_model,
+        "work_model": job.work_model,
+        "created_at": job.created_at_ms / 1000,
+        "updated_at": job.updated_at_ms / 1000,
+    });
+    match job.state {
+        JobState::AwaitingEvalPayment => v["eval_invoice"] = invoice_json(state, &job.eval_invoice),
+        JobState::AwaitingWorkPayment => {
+            if let Some(w) = &job.work_invoice {
+                v["work_invoice"] = invoice_json(state, w);
+            }
+        }
+        _ => {}
+    }
+    if let Some(r) = &job.reason {
+        v["reason"] = Value::String(r.clone());
+    }
+    if let Some(r) = &job.result {
+        v["result"] = Value::String(r.clone());
+    }
+    v["cost"] = json!({
+        "eval_fee_msat": job.eval_invoice.amount.msat(),
+        "work_paid_msat": job.work_invoice.as_ref().map(|w| w.amount.msat()),
+        "work_charged_msat": job.work_charged.map(Msat::msat),
+        "estimated_input_tokens": job.est_input_tokens,
+        "estimated_output_tokens": job.est_output_tokens,
+        "input_tokens": job.input_tokens,
+        "output_tokens": job.output_tokens,
+        "btc_usd": job.work_btc_usd_micros.map(|m| UsdMicros(m).to_decimal_string()),
+    });
+    if let Some(rid) = &job.refund_id
+        && let Some(r) = state.store.refund(rid).await?
+    {
+        v["refund"] = json!({
+            "state": r.refund.state.as_str(),
+            "amount_msat": r.refund.amount.msat(),
+            "payout_sats": r.refund.payout_sats(),
+            "expires_at": r.refund.expires_at_ms / 1000,
+            "payment_hash": r.refund.payment_hash,
+            "claim": format!("POST /v1/jobs/{}/refund {{\"invoice\": \"<bolt11 for exactly {} sats>\"}}", job.id, r.refund.payout_sats()),
+        });
+    }
+    Ok(v)
+}
+
+/// A settled invoice: if it pays a job, record it and start the next phase.
+/// Returns whether the invoice was a job's.
+pub async fn invoice_paid(state: &AppState, payment_hash: &str, preimage_hex: &str) -> bool {
+    match state
+        .store
+        .job_invoice_paid(payment_hash, preimage_hex, now_ms())
+        .await
+    {
+        Ok(Some(job)) => {
+            tracing::info!(job_id = %job.id, state = job.state.as_str(), "job invoice paid");
+            spawn_phase(state, job.id.clone(), job.state);
+            true
+        }
+        Ok(None) => true,
+        Err(StoreError::NotFound) => false,
+        Err(e) => {
+            tracing::error!(error = %e, "could not record a job payment");
+            true
+        }
+    }
+}
+
+fn spawn_phase(state: &AppState, id: String, st: JobState) {
+    let s = state.clone();
+    match st {
+        JobState::Evaluating => {
+            state.tasks.spawn(async move { evaluate(&s, &id).await });
+        }
+        JobState::Executing => {
+            state.tasks.spawn(async move { execute(&s, &id).await });
+        }
+        _ => {}
+    }
+}
+
+fn parse_verdict(text: &str) -> Option<(bool, String)> {
+    let start = text.find('{')?;
+    let end = text.rfind('}')?;
+    let v: Value = serde_json::from_str(text.get(start..=end)?).ok()?;
+    let accepted = v.get("accepted")?.as_bool()?;
+    let reason = v
+        .get("reason")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    Some((accepted, reason))
+}
+
+fn refund_expiry(state: &AppState) -> i64 {
+    now_ms().saturating_add(ms(state.jobs.refund_expiry_secs))
+}
+
+fn dust(state: &AppState) -> Msat {
+    Msat::from_msat(state.jobs.dust_msat)
+}
+
+async fn call(
+    state: &AppState,
+    model: &str,
+    messages: Vec<(String, String)>,
+    max_tokens: u64,
+) -> Result<Completion, String> {
+    let m = state
+        .models
+        .get(model)
+        .ok_or_else(|| format!("model {model} is not configured"))?;
+    let mut body = serde_json::Map::new();
+    body.insert("model".into(), m.upstream_model.clone().into());
+    body.insert(
+        "messages".into(),
+        Value::Array(
+            messages
+                .iter()
+                .map(|(r, c)| json!({"role": r, "content": c}))
+                .collect(),
+        ),
+    );
+    body.insert("max_tokens".into(), max_tokens.into());
+    m.upstream
+        .complete(ChatCall {
+            body,
+            messages,
+            max_tokens,
+        })
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Run (or re-run) the evaluation of a job in `evaluating`.
+pub async fn evaluate(state: &AppState, id: &str) {
+    let Ok(Some(job)) = state.store.job(id).await else {
+        return;
+    };
+    if job.state != JobState::Evaluating {
+        return;
+    }
+    if let Err(e) = state.store.job_attempt(id, now_ms()).await {
+        tracing::error!(job_id = %id, error = %e, "could not count an attempt");
+    }
+    let messages = vec![
+        ("system".to_owned(), EVAL_PROMPT.to_owned()),
+        ("user".to_owned(), job.request.clone()),
+    ];
+    let outcome = match call(state, &job.eval_model, messages, EVAL_MAX_TOKENS).await {
+        Err(e) => Evaluation::Failed {
+            reason: format!("the evaluation could not be done: {e}"),
+        },
+        Ok(c) => match parse_verdict(&c.text) {
+            None => Evaluation::Failed {
+                reason: "the evaluator's answer could not be read".into(),
+            },
+            Some((false, reason)) => Evaluation::Rejected { reason },
+            Some((true, _)) => match quote_work(state, &job).await {
+                Ok(o) => o,
+                Err(reason) => Evaluation::Failed { reason },
+            },
+        },
+    };
+    match state
+        .store
+        .job_evaluated(id, &outcome, now_ms(), refund_expiry(state), dust(state))
+        .await
+    {
+        Ok(j) => tracing::info!(job_id = %id, state = j.state.as_str(), "job evaluated"),
+        Err(StoreError::Conflict(_)) => {} // another process recorded it first
+        Err(e) => tracing::error!(job_id = %id, error = %e, "could not record an evaluation"),
+    }
+}
+
+/// Price the work from the estimate and invoice it.
+async fn quote_work(state: &AppState, job: &JobRow) -> Result<Evaluation, String> {
+    let body = ChatBody::parse(
+        json!({"model": job.work_model, "messages": [{"role": "user", "content": job.request}]}),
+    )
+    .map_err(|e| e.message)?;
+    let p = crate::pricing::price(state, &body)
+        .await
+        .map_err(|e| e.message)?;
+    let (amount, est_out) = match &p.quote {
+        Some(q) => (q.charged, q.charged_output_tokens),
+        None => (p.hold.hold, p.max_out),
+    };
+    let amount = Msat::from_sats(amount.to_sats_ceil().max(1)).map_err(|e| e.to_string())?;
+    let inv = state
+        .lightning
+        .create_invoice(amount, "sluice job work", state.invoice_expiry)
+        .await
+        .map_err(|e| format!("could not create the work invoice: {e}"))?;
+    Ok(Evaluation::Accepted {
+        work_invoice: invoice_of(&inv),
+        btc_usd_micros: p.btc.micros(),
+        est_input_tokens: p.input,
+        est_output_tokens: est_out,
+    })
+}
+
+/// Run the work of a job in `executing`.
+pub async fn execute(state: &AppState, id: &str) {
+    let Ok(Some(job)) = state.store.job(id).await else {
+        return;
+    };
+    if job.state != JobState::Executing {
+        return;
+    }
+    if let Err(e) = state.store.job_attempt(id, now_ms()).await {
+        tracing::error!(job_id = %id, error = %e, "could not count an attempt");
+    }
+    let outcome = run_work(state, &job)
+        .await
+        .unwrap_or_else(|reason| WorkOutcome::Failed { reason });
+    match state
+        .store
+        .job_finished(id, &outcome, now_ms(), refund_expiry(state), dust(state))
+        .await
+    {
+        Ok(j) => tracing::info!(job_id = %id, state = j.state.as_str(), "job finished"),
+        Err(StoreError::Conflict(_)) => {}
+        Err(e) => tracing::error!(job_id = %id, error = %e, "could not record a finished job"),
+    }
+}
+
+async fn run_work(state: &AppState, job: &JobRow) -> Result<WorkOutcome, String> {
+    let m = state
+        .models
+        .get(&job.work_model)
+        .ok_or_else(|| format!("model {} is not configured", job.work_model))?;
+    let btc = job
+        .work_btc_usd_micros
+        .and_then(|p| BtcUsd::new(UsdMicros(p)).ok())
+        .ok_or_else(|| "the job has no locked BTC price".to_owned())?;
+    let messages = vec![("user".to_owned(), job.request.clone())];
+    let input = job.est_input_tokens.unwrap_or(0);
+    let max_out = output_budget(None, m.budget, input).map_err(|e| e.to_string())?;
+    let c = call(state, &job.work_model, messages, max_out)
+        .await
+        .map_err(|e| format!("the work failed: {e}"))?;
+    let usage = c.usage.unwrap_or_else(|| TokenUsage {
+        input,
+        output: m
+            .upstream
+            .count_completion(&c.text)
+            .unwrap_or_else(|| crate::tokens::count_text(m.tokenizer, &c.text)),
+    });
+    let actual_charge = charge_for(&m.rates, usage, btc).map_err(|e| e.to_string())?;
+    Ok(WorkOutcome::Completed {
+        result: c.text,
+        usage,
+        actual_charge,
+    })
+}
+
+/// Look up the unpaid job invoices (the fallback when a settlement push is missed).
+pub async fn poll_pending(state: &AppState) {
+    let Ok(pending) = state.store.pending_job_invoices(now_ms(), 500).await else {
+        return;
+    };
+    for p in pending {
+        let Ok(hash) = sluice_lightning::PaymentHash::from_hex(&p.payment_hash) else {
+            continue;
+        };
+        if let Ok(sluice_lightning::InvoiceStatus::Settled { preimage, .. }) =
+            state.lightning.lookup_invoice(&hash).await
+        {
+            invoice_paid(state, &p.payment_hash, &preimage.to_hex()).await;
+        }
+    }
+}
+
+/// At start: resume evaluations, fail (and refund) interrupted work.
+pub async fn resume_at_start(state: &AppState) {
+    let Ok(open) = state
+        .store
+        .jobs_in_states(&[JobState::Evaluating, JobState::Executing])
+        .await
+    else {
+        return;
+    };
+    let quiet_since = now_ms() - i64::try_from(state.stale_after.as_millis()).unwrap_or(i64::MAX);
+    for job in open.into_iter().filter(|j| j.updated_at_ms < quiet_since) {
+        match on_restart(job.state) {
+            RestartAction::Resume => spawn_phase(state, job.id.clone(), job.state),
+            RestartAction::FailAndRefund => {
+                let failed = WorkOutcome::Failed {
+                    reason: "the gateway stopped while the work ran".into(),
+                };
+                match state
+                    .store
+                    .job_finished(
+                        &job.id,
+                        &failed,
+                        now_ms(),
+                        refund_expiry(state),
+                        dust(state),
+                    )
+                    .await
+                {
+                    Ok(_) => {
+                        tracing::warn!(job_id = %job.id, "interrupted job failed and refunded")
+                    }
+                    Err(StoreError::Conflict(_)) => {}
+                    Err(e) => {
+                        tracing::error!(job_id = %job.id, error = %e, "could not fail an interrupted job")
+                    }
+                }
+            }
+            RestartAction::Nothing => {}
+        }
+    }
+}
+
+/// Move unclaimed refunds past their expiry to the generosity pool.
+pub async fn expire_refunds(state: &AppState) {
+    let now = now_ms();
+    let Ok(expired) = state.store.expired_refunds(now).await else {
+        return;
+    };
+    for r in expired {
+        match state
+            .store
+            .refund_event(&r.id, RefundEvent::Expire { now_ms: now })
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(refund_id = %r.id, "unclaimed refund went to the generosity pool")
+            }
+            Err(e) => tracing::warn!(refund_id = %r.id, error = %e, "could not expire a refund"),
+        }
+    }
+}
+
+/// Body of a refund claim.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimBody {
+    /// A BOLT11 invoice for exactly the refund.
+    pub invoice: String,
+}
+
+fn refund_error(e: RefundError) -> ApiError {
+    match e {
+        RefundError::WrongAmount { .. } => ApiError::bad_request("wrong_amount", e.to_string()),
+        RefundError::AlreadyClaimed { .. } | RefundError::PayoutInFlight { .. } => ApiError {
+            status: StatusCode::CONFLICT,
+            kind: "invalid_request_error",
+            code: "refund_already_claimed",
+            message: e.to_string(),
+        },
+        RefundError::Expired { .. } => ApiError {
+            status: StatusCode::GONE,
+            kind: "invalid_request_error",
+            code: "refund_expired",
+            message: e.to_string(),
+        },
+        other => ApiError::bad_request("nothing_to_refund", other.to_string()),
+    }
+}
+
+/// `POST /v1/jobs/{id}/refund`: pay the job's refund to the caller's invoice, once.
+pub async fn claim_refund(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<ClaimBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    jobs(&state)?;
+    let Json(b) = body?;
+    let job = state
+        .store
+        .job(&id)
+        .await?
+        .ok_or_else(|| store_error(StoreError::NotFound))?;
+    let rid = job
+        .refund_id
+        .ok_or_else(|| ApiError::bad_request("nothing_to_refund", "this job owes no refund"))?;
+    let inv = bolt11::decode(b.invoice.trim())
+        .map_err(|e| ApiError::bad_request("invalid_invoice", e.to_string()))?;
+    let amount = inv.amount.ok_or_else(|| {
+        ApiError::bad_request("invalid_invoice", "the invoice must state its amount")
+    })?;
+    let hash = inv.payment_hash.to_hex();
+    let claim = RefundEvent::Claim {
+        invoice_amount: amount,
+        invoice_hash: hash.clone(),
+        now_ms: now_ms(),
+    };
+    match state.store.refund_event(&rid, claim).await {
+        Ok(_) => {}
+        Err(RefundEventError::Refused(RefundError::AlreadyClaimed { payment_hash })) => {
+            let mut r = refund_error(RefundError::AlreadyClaimed {
+                payment_hash: payment_hash.clone(),
+            })
+            .into_response();
+            *r.body_mut() = axum::body::Body::from(
+                json!({"error": {"message": format!("this refund was already claimed by invoice {payment_hash}"), "type": "invalid_request_error", "code": "refund_already_claimed"}, "payment_hash": payment_hash}).to_string(),
+            );
+            return Ok(r);
+        }
+        Err(RefundEventError::Refused(RefundError::Expired { expires_at_ms })) => {
+            // Late: the payout goes to the pool now, in its own step.
+            let _ = state
+                .store
+                .refund_event(&rid, RefundEvent::Expire { now_ms: now_ms() })
+                .await;
+            return Err(refund_error(RefundError::Expired { expires_at_ms }));
+        }
+        Err(RefundEventError::Refused(e)) => return Err(refund_error(e)),
+        Err(RefundEventError::Store(e)) => return Err(e.into()),
+    }
+    // The refund is now `paying` this invoice: no other claim can start a payout.
+    // The payout and its record run in a tracked task, so a client that hangs up
+    // cannot leave the outcome unrecorded.
+    let max_fee = Msat::from_msat((amount.msat() / 100).max(10_000));
+    let s = state.clone();
+    let bolt11 = b.invoice.trim().to_owned();
+    let handle = state.tasks.spawn(async move {
+        let (status, event, body) = match s.lightning.pay_invoice(&bolt11, max_fee).await {
+            Ok(p) => (
+                StatusCode::OK,
+                RefundEvent::PayoutSucceeded { payment_hash: hash.clone(), preimage: p.preimage.to_hex() },
+                json!({"state": "claimed", "payment_hash": hash, "preimage": p.preimage.to_hex(), "amount_sats": amount.to_sats_floor()}),
+            ),
+            Err(e @ (LightningError::InvalidInvoice(_) | LightningError::Expired | LightningError::InsufficientBalance | LightningError::NotFound)) => (
+                StatusCode::BAD_GATEWAY,
+                RefundEvent::PayoutFailed { payment_hash: hash.clone() },
+                json!({"error": {"message": format!("the payout failed and nothing was paid ({e}); claim again with a new invoice"), "type": "upstream_error", "code": "payout_failed"}}),
+            ),
+            Err(e) => (
+                StatusCode::ACCEPTED,
+                RefundEvent::PayoutUnknown { payment_hash: hash.clone() },
+                json!({"state": "paying", "payment_hash": hash, "message": format!("the payout's outcome is not known yet ({e}); it will not be paid twice")}),
+            ),
+        };
+        if let Err(e) = s.store.refund_event(&rid, event).await {
+            tracing::error!(refund_id = %rid, error = %e, "could not record a payout outcome");
+        }
+        (status, body)
+    });
+    let (status, body) = handle.await.map_err(|e| ApiError::internal(&e))?;
+    Ok((status, Json(body)).into_response())
+}
