@@ -11,6 +11,10 @@
 //! - `listpays` with `payment_hash`, before paying: CLN's `pay` is idempotent
 //!   (paying a paid invoice again returns the earlier success), while the
 //!   port promises [`LightningError::AlreadyPaid`] for a second payment;
+//!   and for [`Lightning::lookup_payment`]: any `complete` entry →
+//!   succeeded (its `preimage`, fee `amount_sent_msat - amount_msat`), else
+//!   any `pending` → pending, else (all `failed`) → failed, no entry → not
+//!   found;
 //! - `pay` with `bolt11`, `maxfee` (an absolute fee cap in msat) and
 //!   `retry_for`.
 //!
@@ -42,7 +46,8 @@ use crate::bolt11::{self, now_secs};
 use crate::lnd::base_url;
 use crate::poll::{PayLocks, Polled, Watcher, poll_loop};
 use crate::{
-    Invoice, InvoiceStatus, Lightning, LightningError, Payment, PaymentHash, Preimage, Settled,
+    Invoice, InvoiceStatus, Lightning, LightningError, Payment, PaymentHash, PaymentStatus,
+    Preimage, Settled,
 };
 
 /// Default interval between lookups of pending invoices.
@@ -339,6 +344,11 @@ impl Lightning for Cln {
         })
     }
 
+    async fn lookup_payment(&self, hash: &PaymentHash) -> Result<PaymentStatus, LightningError> {
+        let pays = self.inner.list_pays(hash).await?;
+        pays_status(&pays, hash)
+    }
+
     fn subscribe(&self) -> broadcast::Receiver<Settled> {
         self.inner.watcher.subscribe()
     }
@@ -418,6 +428,83 @@ pub(crate) fn invoice_status(
             short(other)
         ))),
     }
+}
+
+/// One entry of `listpays` (`doc/schemas/listpays.json`).
+#[derive(Debug, Deserialize)]
+pub(crate) struct ListedPay {
+    #[serde(default)]
+    payment_hash: Option<String>,
+    status: String,
+    /// Only for `complete`.
+    #[serde(default)]
+    preimage: Option<String>,
+    /// "If known" (always, for an invoice with an amount).
+    #[serde(default)]
+    amount_msat: Option<MsatField>,
+    /// Only for `complete`.
+    #[serde(default)]
+    amount_sent_msat: Option<MsatField>,
+}
+
+/// What `listpays` entries for `hash` say about our payment of it. One
+/// hash can have several attempts (a failed one retried): a `complete` one
+/// means paid, whatever else is listed; a `pending` one may still complete;
+/// only when every attempt failed did nothing move.
+pub(crate) fn pays_status(
+    pays: &[ListedPay],
+    hash: &PaymentHash,
+) -> Result<PaymentStatus, LightningError> {
+    if pays.iter().any(|p| {
+        p.payment_hash
+            .as_deref()
+            .is_some_and(|h| !h.eq_ignore_ascii_case(&hash.to_hex()))
+    }) {
+        return Err(LightningError::Backend(
+            "CLN answered a payment lookup with another payment".into(),
+        ));
+    }
+    if let Some(done) = pays.iter().find(|p| p.status == "complete") {
+        let preimage = done
+            .preimage
+            .as_deref()
+            .map(Preimage::from_hex)
+            .transpose()?
+            .ok_or_else(|| {
+                LightningError::Backend("CLN reports a complete payment without a preimage".into())
+            })?;
+        if preimage.payment_hash() != *hash {
+            return Err(LightningError::Backend(
+                "CLN returned a preimage that does not match the payment".into(),
+            ));
+        }
+        let fee = match (done.amount_sent_msat, done.amount_msat) {
+            (Some(sent), Some(amount)) => sent.0.checked_sub(amount.0).map(Msat::from_msat),
+            _ => None,
+        }
+        .ok_or_else(|| {
+            LightningError::Backend(
+                "CLN reports a complete payment without consistent amounts; it was paid, \
+                 but its fee is unknown"
+                    .into(),
+            )
+        })?;
+        return Ok(PaymentStatus::Succeeded { preimage, fee });
+    }
+    if pays.iter().any(|p| p.status == "pending") {
+        return Ok(PaymentStatus::Pending);
+    }
+    if let Some(odd) = pays.iter().find(|p| p.status != "failed") {
+        return Err(LightningError::Backend(format!(
+            "CLN reports an unknown payment status {:?}",
+            short(&odd.status)
+        )));
+    }
+    Ok(if pays.is_empty() {
+        PaymentStatus::NotFound
+    } else {
+        PaymentStatus::Failed
+    })
 }
 
 /// Why a clnrest call failed.
@@ -500,16 +587,11 @@ impl Inner {
         invoice_status(inv, hash, now_secs())
     }
 
-    /// `AlreadyPaid` when this node already completed a payment of `hash`
-    /// (CLN's `pay` would replay that success instead of failing).
-    async fn refuse_if_paid(&self, hash: &PaymentHash) -> Result<(), LightningError> {
+    /// `listpays` for `hash`: every payment attempt this node made to it.
+    async fn list_pays(&self, hash: &PaymentHash) -> Result<Vec<ListedPay>, LightningError> {
         #[derive(Deserialize)]
         struct Pays {
-            pays: Vec<Pay>,
-        }
-        #[derive(Deserialize)]
-        struct Pay {
-            status: String,
+            pays: Vec<ListedPay>,
         }
         let pays: Pays = self
             .call("listpays", &json!({"payment_hash": hash.to_hex()}), None)
@@ -518,10 +600,17 @@ impl Inner {
                 CallError::Rpc(st) => rpc_error(&st),
                 CallError::Other(e) => e,
             })?;
-        if pays.pays.iter().any(|p| p.status == "complete") {
+        Ok(pays.pays)
+    }
+
+    /// `AlreadyPaid` when this node already completed a payment of `hash`
+    /// (CLN's `pay` would replay that success instead of failing).
+    async fn refuse_if_paid(&self, hash: &PaymentHash) -> Result<(), LightningError> {
+        let pays = self.list_pays(hash).await?;
+        if pays.iter().any(|p| p.status == "complete") {
             return Err(LightningError::AlreadyPaid);
         }
-        if pays.pays.iter().any(|p| p.status == "pending") {
+        if pays.iter().any(|p| p.status == "pending") {
             return Err(LightningError::Backend(
                 "a payment of this invoice is already in flight at CLN; look it up before retrying"
                     .into(),
@@ -630,6 +719,46 @@ mod tests {
             pay_error(&e(-32602)),
             LightningError::InvalidInvoice(_)
         ));
+    }
+
+    fn pay(hash: &PaymentHash, status: &str, preimage: Option<&Preimage>) -> ListedPay {
+        ListedPay {
+            payment_hash: Some(hash.to_hex()),
+            status: status.into(),
+            preimage: preimage.map(Preimage::to_hex),
+            amount_msat: Some(MsatField(1000)),
+            amount_sent_msat: preimage.map(|_| MsatField(1002)),
+        }
+    }
+
+    #[test]
+    fn several_attempts_of_one_hash_read_as_the_most_advanced() {
+        let preimage = Preimage([7; 32]);
+        let hash = preimage.payment_hash();
+        assert_eq!(pays_status(&[], &hash).unwrap(), PaymentStatus::NotFound);
+        let failed = pay(&hash, "failed", None);
+        let pending = pay(&hash, "pending", None);
+        let complete = pay(&hash, "complete", Some(&preimage));
+        assert_eq!(
+            pays_status(&[pay(&hash, "failed", None), failed], &hash).unwrap(),
+            PaymentStatus::Failed
+        );
+        assert_eq!(
+            pays_status(&[pay(&hash, "failed", None), pending], &hash).unwrap(),
+            PaymentStatus::Pending,
+            "a retry in flight may still pay"
+        );
+        assert_eq!(
+            pays_status(&[pay(&hash, "failed", None), complete], &hash).unwrap(),
+            PaymentStatus::Succeeded {
+                preimage,
+                fee: Msat::from_msat(2)
+            }
+        );
+        let wrong = pay(&hash, "complete", Some(&Preimage([8; 32])));
+        assert!(pays_status(&[wrong], &hash).is_err());
+        let odd = pay(&hash, "weird", None);
+        assert!(pays_status(&[odd], &hash).is_err());
     }
 
     #[test]

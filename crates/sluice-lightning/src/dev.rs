@@ -4,9 +4,12 @@
 //! It is the embedded default backend so that sluice runs end to end with no
 //! Lightning node: it issues invoices, and it settles one of its own invoices
 //! when told to pay it (the simulator and the tests play the customer that
-//! way). It cannot pay or be paid by anyone else. Its state (node key,
-//! invoices, preimages) lives behind [`DevWalletStore`], which the gateway
-//! implements over its SQL store, so invoices survive a restart.
+//! way). It cannot pay or be paid by anyone else, so a paid dev invoice is
+//! also a payment the dev wallet made ([`Lightning::lookup_payment`]).
+//!
+//! Its state (node key, invoices, preimages) lives behind [`DevWalletStore`],
+//! which the gateway implements over its SQL store, so invoices (and with
+//! them the record of its payments) survive a restart.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,7 +24,8 @@ use tokio::sync::broadcast;
 
 use crate::bolt11::{describe, now_ms, now_since_epoch, parse};
 use crate::{
-    Invoice, InvoiceStatus, Lightning, LightningError, Payment, PaymentHash, Preimage, Settled,
+    Invoice, InvoiceStatus, Lightning, LightningError, Payment, PaymentHash, PaymentStatus,
+    Preimage, Settled,
 };
 
 /// The minimum final CLTV delta written into dev invoices (the common LND
@@ -270,6 +274,20 @@ impl Lightning for DevWallet {
             payment_hash: hash,
             preimage: record.preimage,
             fee: Msat::ZERO,
+        })
+    }
+
+    /// The dev wallet pays nothing but its own invoices, and settles one
+    /// atomically (one `mark_paid`), so a paid dev invoice is a payment it
+    /// made, and anything else (unknown hash, unpaid or expired invoice) is
+    /// a payment it never made. Never `Pending` or `Failed`.
+    async fn lookup_payment(&self, hash: &PaymentHash) -> Result<PaymentStatus, LightningError> {
+        Ok(match self.store.get(hash).await? {
+            Some(record) if record.paid_at_ms.is_some() => PaymentStatus::Succeeded {
+                preimage: record.preimage,
+                fee: Msat::ZERO,
+            },
+            _ => PaymentStatus::NotFound,
         })
     }
 

@@ -8,6 +8,10 @@
 //! [`bolt11::decode`] reads an invoice (hash, amount, expiry, payee) without
 //! paying it.
 //!
+//! [`Lightning::lookup_payment`] answers what became of a payment sluice made
+//! (a refund or withdrawal) whose outcome is unknown, before anything is
+//! retried: refunds must never be paid twice.
+//!
 //! Settlement events are a hint for speed, not the source of truth: the
 //! gateway also looks up every pending invoice at start and on a timer, so an
 //! invoice settled while the gateway was down or while a webhook was lost is
@@ -115,6 +119,33 @@ pub struct Payment {
     pub fee: Msat,
 }
 
+/// The state of a payment this backend made (or tried to make), as
+/// [`Lightning::lookup_payment`] finds it. When a payment's outcome is unknown
+/// (a timeout, a backend error), this is what tells the gateway whether money
+/// left, so a refund is never paid twice: only [`PaymentStatus::NotFound`]
+/// and [`PaymentStatus::Failed`] mean that nothing was paid.
+///
+/// After `NotFound` or `Failed`, retry with the *same* invoice, never a new
+/// one for the same refund: a request that timed out may still reach the
+/// backend after the lookup, and a second payment of a hash already paid or
+/// in flight is refused (by the backend, or for CLN by the adapter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaymentStatus {
+    /// No payment to this hash was attempted by this backend.
+    NotFound,
+    /// In flight: it may still succeed or fail; look again later.
+    Pending,
+    /// Paid; the preimage proves it.
+    Succeeded {
+        /// The preimage received (`sha256(preimage)` is the hash).
+        preimage: Preimage,
+        /// The routing fee paid.
+        fee: Msat,
+    },
+    /// Failed for good: nothing was paid.
+    Failed,
+}
+
 /// An invoice settled (pushed by the backend or found by a lookup).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Settled {
@@ -171,6 +202,11 @@ pub trait Lightning: Send + Sync {
 
     /// Pay a BOLT11 invoice, spending at most `max_fee` on routing.
     async fn pay_invoice(&self, bolt11: &str, max_fee: Msat) -> Result<Payment, LightningError>;
+
+    /// The state of a payment this backend made (or tried to make) to
+    /// `hash`. Only outgoing payments count: an invoice this backend issued
+    /// for the same hash is not a payment it made.
+    async fn lookup_payment(&self, hash: &PaymentHash) -> Result<PaymentStatus, LightningError>;
 
     /// A stream of settlements of invoices this backend created. Events may be
     /// missed (lagging receiver, lost webhook); callers also poll.

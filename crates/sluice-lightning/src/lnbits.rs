@@ -20,6 +20,13 @@
 //! (LNbits itself would round `1.5` sats down). sluice's deposit invoices are
 //! whole sats by construction (see `sluice_core`).
 //!
+//! Payment lookups ([`Lightning::lookup_payment`]) read
+//! `GET /api/v1/payments/{hash}` with this wallet's key: only its outgoing
+//! record (negative amount) counts, `paid` → succeeded, `status` `failed` →
+//! failed, otherwise pending. A payment LNbits refused before starting it
+//! (insufficient balance, expired) leaves no record, so it reads as not
+//! found, with nothing paid.
+//!
 //! Fees: the LNbits API has no per-payment fee limit; the server bounds
 //! routing fees with its own fee reserve settings. `pay_invoice` reports the
 //! fee LNbits charged and logs a warning when it exceeds `max_fee`.
@@ -39,7 +46,8 @@ use tokio::task::JoinHandle;
 
 use crate::bolt11::{self, now_secs};
 use crate::{
-    Invoice, InvoiceStatus, Lightning, LightningError, Payment, PaymentHash, Preimage, Settled,
+    Invoice, InvoiceStatus, Lightning, LightningError, Payment, PaymentHash, PaymentStatus,
+    Preimage, Settled,
 };
 
 /// Default interval between lookups of pending invoices.
@@ -412,6 +420,19 @@ impl Lightning for LnBits {
         })
     }
 
+    /// `GET /api/v1/payments/{hash}` with this wallet's admin key (its
+    /// invoice key when no admin key is configured: both see the wallet's
+    /// payments). Only an outgoing record (negative amount) of this wallet
+    /// counts (see the module docs).
+    async fn lookup_payment(&self, hash: &PaymentHash) -> Result<PaymentStatus, LightningError> {
+        let key = self
+            .inner
+            .admin_key
+            .as_ref()
+            .unwrap_or(&self.inner.invoice_key);
+        self.inner.payment_status(hash, key).await
+    }
+
     fn subscribe(&self) -> broadcast::Receiver<Settled> {
         self.inner.events.subscribe()
     }
@@ -542,6 +563,56 @@ impl Inner {
             Ok(InvoiceStatus::Expired)
         } else {
             Ok(InvoiceStatus::Pending)
+        }
+    }
+
+    /// The state of this wallet's outgoing payment to `hash`.
+    ///
+    /// LNbits 1.6 answers a wallet's key with that wallet's record for the
+    /// hash, its outgoing record first when it has both (`ORDER BY amount`),
+    /// with `details` (`amount` negative for outgoing, `status`
+    /// `success`/`pending`/`failed`). A payment refused before it started
+    /// (insufficient balance, expired, foreign bolt11 rejected) leaves no
+    /// record: `NotFound`, and nothing moved. A failed attempt keeps its
+    /// record as `failed`. An incoming record (an invoice this wallet issued
+    /// for the same hash) is not a payment this wallet made.
+    async fn payment_status(
+        &self,
+        hash: &PaymentHash,
+        key: &HeaderValue,
+    ) -> Result<PaymentStatus, LightningError> {
+        let Some(lookup) = self.fetch_payment(hash, key).await? else {
+            return Ok(PaymentStatus::NotFound);
+        };
+        let Some(details) = &lookup.details else {
+            return Ok(PaymentStatus::NotFound);
+        };
+        if details.amount >= 0 {
+            return Ok(PaymentStatus::NotFound);
+        }
+        if lookup.paid {
+            let preimage = lookup
+                .preimage
+                .as_deref()
+                .map(Preimage::from_hex)
+                .transpose()?
+                .ok_or_else(|| {
+                    LightningError::Backend("LNbits reports paid without a preimage".into())
+                })?;
+            if preimage.payment_hash() != *hash {
+                return Err(LightningError::Backend(
+                    "LNbits returned a preimage that does not match the payment".into(),
+                ));
+            }
+            // LNbits stores an outgoing payment's fee as a negative amount.
+            let fee = Msat::from_msat(details.fee.unwrap_or(0).unsigned_abs());
+            return Ok(PaymentStatus::Succeeded { preimage, fee });
+        }
+        let failed = |s: &Option<String>| s.as_deref() == Some("failed");
+        if failed(&lookup.status) || failed(&details.status) {
+            Ok(PaymentStatus::Failed)
+        } else {
+            Ok(PaymentStatus::Pending)
         }
     }
 

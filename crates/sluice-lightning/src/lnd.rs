@@ -11,6 +11,14 @@
 //!   sluice reads until a final `SUCCEEDED`/`FAILED` status. (The older
 //!   SendPaymentSync, `/v1/channels/transactions`, is deprecated and gone from
 //!   current LND's REST API, so it is not used.)
+//! - `GET /v2/router/track/{payment_hash}` (TrackPaymentV2, the hash in
+//!   URL-safe base64 as grpc-gateway reads `bytes` path parameters) for
+//!   [`Lightning::lookup_payment`]: a stream whose first message is the
+//!   payment's current state (`IN_FLIGHT`/`INITIATED` → pending, `SUCCEEDED`
+//!   → succeeded, `FAILED` → failed); sluice reads that one line and hangs
+//!   up. A payment LND never started is gRPC `NotFound` with "payment isn't
+//!   initiated" → not found; any other error, a bare 404 included, is an
+//!   error, never "not found", since "not found" means safe to pay again.
 //!
 //! Encoding, as grpc-gateway writes it: `bytes` fields (`r_hash`,
 //! `r_preimage`) are base64; 64-bit integers are JSON strings; enums are
@@ -48,7 +56,8 @@ use tokio::task::JoinHandle;
 use crate::bolt11::{self, now_secs};
 use crate::poll::{PayLocks, Polled, Watcher, poll_loop};
 use crate::{
-    Invoice, InvoiceStatus, Lightning, LightningError, Payment, PaymentHash, Preimage, Settled,
+    Invoice, InvoiceStatus, Lightning, LightningError, Payment, PaymentHash, PaymentStatus,
+    Preimage, Settled,
 };
 
 /// Default interval between lookups of pending invoices.
@@ -66,7 +75,8 @@ pub struct LndConfig {
     /// Base URL of LND's REST listener, e.g. `https://127.0.0.1:8080`.
     pub url: String,
     /// The macaroon, hex-encoded (`xxd -p -c 10000 admin.macaroon`). It needs
-    /// `invoices:read`, `invoices:write` and, to pay, `offchain:write`.
+    /// `invoices:read`, `invoices:write` and, to pay, `offchain:write` (and
+    /// `offchain:read` to look payments up).
     pub macaroon_hex: String,
     /// LND's `tls.cert` (PEM). When set, the server must present exactly this
     /// certificate (no other is trusted; host name and validity dates are
@@ -311,6 +321,10 @@ impl Lightning for Lnd {
         })
     }
 
+    async fn lookup_payment(&self, hash: &PaymentHash) -> Result<PaymentStatus, LightningError> {
+        self.inner.track(hash).await
+    }
+
     fn subscribe(&self) -> broadcast::Receiver<Settled> {
         self.inner.watcher.subscribe()
     }
@@ -336,6 +350,8 @@ pub(crate) struct LndInvoice {
 /// One streamed update of `lnrpc.Payment`, the fields sluice reads.
 #[derive(Debug, Deserialize)]
 struct LndPayment {
+    #[serde(default)]
+    payment_hash: Option<String>,
     #[serde(default)]
     status: Option<String>,
     #[serde(default)]
@@ -453,6 +469,119 @@ impl Inner {
             LightningError::Backend(format!("unexpected LND response: {}", e.without_url()))
         })?;
         invoice_status(&inv, hash, now_secs())
+    }
+}
+
+impl Inner {
+    /// TrackPaymentV2's first message: the current state of our payment.
+    async fn track(&self, hash: &PaymentHash) -> Result<PaymentStatus, LightningError> {
+        let path = format!("v2/router/track/{}", URL_SAFE.encode(hash.0));
+        let request = self
+            .http
+            .get(self.url(&path)?)
+            .timeout(self.timeout)
+            .header(MACAROON_HEADER, self.macaroon.clone());
+        let resp = self.send(request).await?;
+        let http = resp.status();
+        if !http.is_success() {
+            let text = resp.text().await.unwrap_or_default();
+            let st = rpc_status(http, &text);
+            return if is_not_initiated(&st) {
+                Ok(PaymentStatus::NotFound)
+            } else {
+                Err(call_error(&st))
+            };
+        }
+        let line = read_first_line(resp).await?;
+        let value: Value = serde_json::from_slice(&line).map_err(|_| {
+            LightningError::Backend("LND sent a payment update that is not JSON".into())
+        })?;
+        if let Some(err) = value.get("error").filter(|e| !e.is_null()) {
+            let mut st: RpcStatus = serde_json::from_value(err.clone()).unwrap_or_default();
+            st.http = http.as_u16();
+            return if is_not_initiated(&st) {
+                Ok(PaymentStatus::NotFound)
+            } else {
+                Err(call_error(&st))
+            };
+        }
+        let result = value.get("result").unwrap_or(&value);
+        let payment: LndPayment = serde_json::from_value(result.clone())
+            .map_err(|e| LightningError::Backend(format!("unexpected LND payment update: {e}")))?;
+        payment_status(&payment, hash)
+    }
+}
+
+/// Whether an error status is LND's "no payment to this hash was started"
+/// (`ErrPaymentNotInitiated`, sent as gRPC NotFound).
+fn is_not_initiated(st: &RpcStatus) -> bool {
+    st.message
+        .to_ascii_lowercase()
+        .contains("payment isn't initiated")
+}
+
+/// The port's view of a tracked `lnrpc.Payment` for `hash`.
+fn payment_status(
+    payment: &LndPayment,
+    hash: &PaymentHash,
+) -> Result<PaymentStatus, LightningError> {
+    if let Some(h) = payment.payment_hash.as_deref().filter(|h| !h.is_empty())
+        && !h.eq_ignore_ascii_case(&hash.to_hex())
+    {
+        return Err(LightningError::Backend(
+            "LND answered a payment lookup with another payment".into(),
+        ));
+    }
+    match payment.status.as_deref() {
+        Some("SUCCEEDED") => {
+            let preimage = Preimage::from_hex(&payment.payment_preimage)?;
+            if preimage.payment_hash() != *hash {
+                return Err(LightningError::Backend(
+                    "LND returned a preimage that does not match the payment".into(),
+                ));
+            }
+            let fee = parse_msat(payment.fee_msat.as_deref(), "fee_msat")?;
+            Ok(PaymentStatus::Succeeded { preimage, fee })
+        }
+        Some("FAILED") => Ok(PaymentStatus::Failed),
+        // INITIATED (LND 0.18+): created, no HTLC sent yet; it may still go out.
+        Some("IN_FLIGHT" | "INITIATED") => Ok(PaymentStatus::Pending),
+        other => Err(LightningError::Backend(format!(
+            "LND reports an unknown payment status {:?}",
+            other.map(short)
+        ))),
+    }
+}
+
+/// The first non-empty line of a JSON-lines stream (the rest is not read:
+/// an in-flight payment's stream stays open).
+async fn read_first_line(resp: reqwest::Response) -> Result<Vec<u8>, LightningError> {
+    /// A payment update is a few kB; refuse to buffer without bound.
+    const MAX_LINE: usize = 1 << 20;
+    let mut stream = resp.bytes_stream();
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        while let Some(end) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=end).collect();
+            if !line.trim_ascii().is_empty() {
+                return Ok(line);
+            }
+        }
+        if buf.len() > MAX_LINE {
+            return Err(LightningError::Backend(
+                "LND sent an oversized payment update".into(),
+            ));
+        }
+        match stream.next().await {
+            Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+            Some(Err(e)) => return Err(transport_error(e)),
+            None if buf.trim_ascii().is_empty() => {
+                return Err(LightningError::Backend(
+                    "the LND payment tracking stream ended without an update".into(),
+                ));
+            }
+            None => return Ok(buf),
+        }
     }
 }
 

@@ -22,7 +22,9 @@ use axum::routing::post;
 use serde_json::{Value, json};
 use sluice_core::Msat;
 use sluice_lightning::cln::{Cln, ClnConfig};
-use sluice_lightning::{InvoiceStatus, Lightning, LightningError, Payment, PaymentHash, Preimage};
+use sluice_lightning::{
+    InvoiceStatus, Lightning, LightningError, Payment, PaymentHash, PaymentStatus, Preimage,
+};
 
 use crate::recorded_fake::{
     FakeInvoice, FakeNetwork, NodeId, OutPayment, PayFailure, ROUTE_FEE_MSAT, Replay, as_u64, fill,
@@ -234,28 +236,42 @@ async fn call(
             let mut key = [0u8; 32];
             let hash = params["payment_hash"].as_str().unwrap_or_default();
             let pays: Vec<Value> = if hex::decode_to_slice(hash, &mut key).is_ok() {
-                fake.net
-                    .payment(fake.node, &key)
-                    .map(|out| {
-                        fill(
-                            recorded_json("cln/listpays.json")["pays"][0].clone(),
-                            &[
-                                ("bolt11", json!(out.bolt11)),
-                                ("destination", json!(out.destination)),
-                                ("payment_hash", json!(hex::encode(out.hash))),
-                                ("status", json!("complete")),
-                                ("created_at", json!(out.created_at)),
-                                ("completed_at", json!(out.created_at)),
-                                ("preimage", json!(hex::encode(out.preimage))),
-                                ("amount_msat", json!(out.amount_msat)),
-                                ("amount_sent_msat", json!(out.amount_msat + out.fee_msat)),
-                                ("created_index", json!(out.index)),
-                                ("updated_index", json!(out.index)),
-                            ],
-                        )
-                    })
-                    .into_iter()
-                    .collect()
+                // CLN lists every attempt: a failed one, then its retry.
+                let failed = fake.net.failed_payment(fake.node, &key).map(|f| {
+                    fill(
+                        recorded_json("cln/listpays_failed.json")["pays"][0].clone(),
+                        &[
+                            ("bolt11", json!(f.bolt11)),
+                            ("destination", json!(f.destination)),
+                            ("payment_hash", json!(hex::encode(f.hash))),
+                            ("status", json!("failed")),
+                            ("created_at", json!(f.created_at)),
+                            ("completed_at", json!(f.created_at)),
+                            ("amount_msat", json!(f.amount_msat)),
+                            ("created_index", json!(f.index)),
+                            ("updated_index", json!(f.index)),
+                        ],
+                    )
+                });
+                let complete = fake.net.payment(fake.node, &key).map(|out| {
+                    fill(
+                        recorded_json("cln/listpays.json")["pays"][0].clone(),
+                        &[
+                            ("bolt11", json!(out.bolt11)),
+                            ("destination", json!(out.destination)),
+                            ("payment_hash", json!(hex::encode(out.hash))),
+                            ("status", json!("complete")),
+                            ("created_at", json!(out.created_at)),
+                            ("completed_at", json!(out.created_at)),
+                            ("preimage", json!(hex::encode(out.preimage))),
+                            ("amount_msat", json!(out.amount_msat)),
+                            ("amount_sent_msat", json!(out.amount_msat + out.fee_msat)),
+                            ("created_index", json!(out.index)),
+                            ("updated_index", json!(out.index)),
+                        ],
+                    )
+                });
+                failed.into_iter().chain(complete).collect()
             } else {
                 Vec::new()
             };
@@ -337,6 +353,20 @@ impl Fixture for ClnRecordedFake {
 
     async fn pay(&self, bolt11: &str) -> Result<Payment, LightningError> {
         self.payer.pay_invoice(bolt11, MAX_FEE).await
+    }
+
+    fn payer(&self) -> &dyn Lightning {
+        &self.payer
+    }
+
+    /// A `maxfee` below the route's fee: `pay` tries, runs out of routes,
+    /// and `listpays` keeps the attempt as `failed`.
+    fn failing_payer(&self) -> (&dyn Lightning, Msat, PaymentStatus) {
+        (
+            &self.payer,
+            Msat::from_msat(ROUTE_FEE_MSAT - 1),
+            PaymentStatus::Failed,
+        )
     }
 
     fn short_expiry(&self) -> Duration {
@@ -669,6 +699,53 @@ async fn a_recorded_complete_listpays_means_already_paid_without_paying() {
         .await;
     assert!(matches!(got, Err(LightningError::AlreadyPaid)), "{got:?}");
     assert_eq!(*hits.lock().unwrap(), vec!["/v1/listpays".to_owned()]);
+}
+
+#[tokio::test]
+async fn recorded_listpays_map_to_payment_states() {
+    // The pending and failed samples are attempts to pay this hash.
+    let hash =
+        PaymentHash::from_hex("8fad68e532db4edf02984be14e59dc5e8ffbbdf0f7c4e8cfa26a6bb8f9fe4c41")
+            .unwrap();
+    let cases = [
+        ("cln/listpays_pending.json", PaymentStatus::Pending),
+        ("cln/listpays_failed.json", PaymentStatus::Failed),
+        ("cln/listpays_empty.json", PaymentStatus::NotFound),
+    ];
+    for (sample, expected) in cases {
+        let (url, hits) = replay(vec![Replay::new("/v1/listpays", 201, sample)]).await;
+        let got = client(&url, "cnVuZQ==")
+            .lookup_payment(&hash)
+            .await
+            .unwrap();
+        assert_eq!(got, expected, "{sample}");
+        assert_eq!(*hits.lock().unwrap(), vec!["/v1/listpays".to_owned()]);
+    }
+}
+
+#[tokio::test]
+async fn a_listpays_about_other_payments_is_refused_not_believed() {
+    // CLN's documented example lists seven payments of other hashes (and
+    // placeholder preimages): none of it may read as our payment's state.
+    let (url, _) = replay(vec![Replay::new("/v1/listpays", 201, "cln/listpays.json")]).await;
+    let got = client(&url, "cnVuZQ==")
+        .lookup_payment(&PaymentHash(rand::random()))
+        .await;
+    assert!(
+        matches!(&got, Err(LightningError::Backend(m)) if m.contains("another payment")),
+        "{got:?}"
+    );
+    // A missing rune is an error, never "not found".
+    let (url, _) = replay(vec![Replay::new(
+        "/v1/listpays",
+        403,
+        "cln/error_missing_rune.json",
+    )])
+    .await;
+    let got = client(&url, "cnVuZQ==")
+        .lookup_payment(&PaymentHash(rand::random()))
+        .await;
+    assert!(matches!(got, Err(LightningError::Backend(_))), "{got:?}");
 }
 
 #[tokio::test]

@@ -11,13 +11,15 @@ use bitcoin::secp256k1::{Secp256k1, SecretKey};
 use lightning_invoice::{Bolt11Invoice, Currency, InvoiceBuilder, PaymentSecret};
 use sluice_core::Msat;
 use sluice_lightning::dev::{DevWallet, MemoryDevWalletStore};
-use sluice_lightning::{InvoiceStatus, Lightning, LightningError, Payment};
+use sluice_lightning::{InvoiceStatus, Lightning, LightningError, Payment, PaymentStatus};
 use tokio::sync::broadcast::error::TryRecvError;
 
 use crate::suite::{AMOUNT, Fixture};
 
 pub struct DevFixture {
     wallet: DevWallet,
+    /// Another dev wallet: it cannot pay `wallet`'s invoices.
+    stranger: DevWallet,
 }
 
 impl Fixture for DevFixture {
@@ -29,16 +31,31 @@ impl Fixture for DevFixture {
         self.wallet.pay_invoice(bolt11, Msat::ZERO).await
     }
 
+    fn payer(&self) -> &dyn Lightning {
+        &self.wallet
+    }
+
+    /// Another dev wallet refuses the invoice before paying anything, and
+    /// has no record of it: `NotFound`.
+    fn failing_payer(&self) -> (&dyn Lightning, Msat, PaymentStatus) {
+        (&self.stranger, Msat::ZERO, PaymentStatus::NotFound)
+    }
+
     fn short_expiry(&self) -> Duration {
         Duration::from_secs(1)
     }
 }
 
+async fn open_wallet() -> DevWallet {
+    DevWallet::open(Arc::new(MemoryDevWalletStore::new()))
+        .await
+        .unwrap()
+}
+
 pub async fn dev_fixture() -> DevFixture {
     DevFixture {
-        wallet: DevWallet::open(Arc::new(MemoryDevWalletStore::new()))
-            .await
-            .unwrap(),
+        wallet: open_wallet().await,
+        stranger: open_wallet().await,
     }
 }
 
@@ -131,6 +148,36 @@ async fn state_survives_reopening_over_the_same_store() {
             preimage: payment.preimage,
             amount: AMOUNT
         }
+    );
+}
+
+#[tokio::test]
+async fn its_payments_are_found_after_a_reopen_and_unpaid_invoices_are_not_payments() {
+    let store = MemoryDevWalletStore::new();
+    let first = DevWallet::open(Arc::new(store.clone())).await.unwrap();
+    let paid = first
+        .create_invoice(AMOUNT, "paid before restart", Duration::from_secs(600))
+        .await
+        .unwrap();
+    let unpaid = first
+        .create_invoice(AMOUNT, "never paid", Duration::from_secs(600))
+        .await
+        .unwrap();
+    let payment = first.pay_invoice(&paid.bolt11, Msat::ZERO).await.unwrap();
+    drop(first);
+
+    let reopened = DevWallet::open(Arc::new(store)).await.unwrap();
+    assert_eq!(
+        reopened.lookup_payment(&paid.payment_hash).await.unwrap(),
+        PaymentStatus::Succeeded {
+            preimage: payment.preimage,
+            fee: Msat::ZERO
+        }
+    );
+    // Issued but unpaid: the wallet made no payment to it.
+    assert_eq!(
+        reopened.lookup_payment(&unpaid.payment_hash).await.unwrap(),
+        PaymentStatus::NotFound
     );
 }
 

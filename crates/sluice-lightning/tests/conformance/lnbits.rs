@@ -11,12 +11,15 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sluice_core::Msat;
 use sluice_lightning::lnbits::{LnBits, LnBitsConfig};
-use sluice_lightning::{InvoiceStatus, Lightning, LightningError, Payment, PaymentHash};
+use sluice_lightning::{
+    InvoiceStatus, Lightning, LightningError, Payment, PaymentHash, PaymentStatus,
+};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast::error::TryRecvError;
 use tokio::sync::mpsc;
 
+use crate::recorded_fake::invoice_for_hash;
 use crate::suite::{AMOUNT, Fixture, PATIENCE, wait_settled};
 
 /// Fast polling so settlement events arrive promptly in tests.
@@ -129,6 +132,8 @@ impl Server {
 pub struct LnBitsFixture {
     receiver: LnBits,
     payer: LnBits,
+    /// An unfunded wallet with its admin key.
+    broke: LnBits,
 }
 
 impl Fixture for LnBitsFixture {
@@ -142,6 +147,22 @@ impl Fixture for LnBitsFixture {
             .await
     }
 
+    fn payer(&self) -> &dyn Lightning {
+        &self.payer
+    }
+
+    /// LNbits refuses an internal payment the wallet cannot afford before
+    /// recording anything: `NotFound`. (A failed attempt that LNbits did
+    /// start keeps a `failed` record: see
+    /// `a_failed_external_payment_reads_as_failed`.)
+    fn failing_payer(&self) -> (&dyn Lightning, Msat, PaymentStatus) {
+        (
+            &self.broke,
+            Msat::from_msat(10_000),
+            PaymentStatus::NotFound,
+        )
+    }
+
     fn short_expiry(&self) -> Duration {
         Duration::from_secs(2)
     }
@@ -150,9 +171,11 @@ impl Fixture for LnBitsFixture {
 pub async fn lnbits_fixture() -> LnBitsFixture {
     let server = server();
     let receiver = server.wallet("receiver").await;
+    let broke = server.wallet("broke").await;
     LnBitsFixture {
         receiver: server.client(&receiver, false, TEST_POLL, None),
         payer: server.payer().await,
+        broke: server.client(&broke, true, NO_POLL, None),
     }
 }
 
@@ -426,6 +449,63 @@ async fn our_own_outgoing_payment_never_reads_as_money_received() {
         None
     );
     assert!(matches!(rx.try_recv(), Err(TryRecvError::Empty)));
+}
+
+#[tokio::test]
+async fn a_failed_external_payment_reads_as_failed() {
+    let f = lnbits_fixture().await;
+    // An invoice of a node LNbits' FakeWallet cannot reach: LNbits records
+    // the outgoing payment, the funding source fails it, the record stays.
+    let hash = PaymentHash(rand::random());
+    let foreign = invoice_for_hash(hash.0, AMOUNT.msat());
+    assert_eq!(
+        f.payer.lookup_payment(&hash).await.unwrap(),
+        PaymentStatus::NotFound
+    );
+    let before = f.payer.wallet_balance().await.unwrap();
+    let got = f.payer.pay_invoice(&foreign, Msat::from_msat(10_000)).await;
+    assert!(matches!(got, Err(LightningError::Backend(_))), "{got:?}");
+    assert_eq!(
+        f.payer.lookup_payment(&hash).await.unwrap(),
+        PaymentStatus::Failed
+    );
+    assert_eq!(
+        f.payer.wallet_balance().await.unwrap(),
+        before,
+        "a failed payment moves no money"
+    );
+}
+
+#[tokio::test]
+async fn payments_are_found_with_the_invoice_key_too() {
+    let server = server();
+    let f = lnbits_fixture().await;
+    let spender = server.wallet("spender").await;
+    server.fund(&spender, 10_000).await;
+    let inv = f
+        .receiver
+        .create_invoice(AMOUNT, "refund", Duration::from_secs(600))
+        .await
+        .unwrap();
+    let payment = server
+        .client(&spender, true, NO_POLL, None)
+        .pay_invoice(&inv.bolt11, Msat::from_msat(10_000))
+        .await
+        .unwrap();
+    // Without the admin key the same wallet still sees its payment.
+    let read_only = server.client(&spender, false, NO_POLL, None);
+    assert_eq!(
+        read_only.lookup_payment(&inv.payment_hash).await.unwrap(),
+        PaymentStatus::Succeeded {
+            preimage: payment.preimage,
+            fee: payment.fee
+        }
+    );
+    // Another wallet's key sees nothing of it.
+    assert_eq!(
+        f.payer.lookup_payment(&inv.payment_hash).await.unwrap(),
+        PaymentStatus::NotFound
+    );
 }
 
 #[tokio::test]

@@ -18,15 +18,18 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE};
 use serde_json::{Value, json};
 use sluice_core::Msat;
 use sluice_lightning::lnd::{Lnd, LndConfig};
-use sluice_lightning::{InvoiceStatus, Lightning, LightningError, Payment, PaymentHash, Preimage};
+use sluice_lightning::{
+    InvoiceStatus, Lightning, LightningError, Payment, PaymentHash, PaymentStatus, Preimage,
+};
 
 use crate::recorded_fake::{
-    self, FakeNetwork, NodeId, PayFailure, ROUTE_FEE_MSAT, Replay, as_u64, fill, invoice_for_hash,
-    json_response, now, recorded, recorded_json, replay, serve, silent_server,
+    self, FailedPayment, FakeNetwork, NodeId, OutPayment, PayFailure, ROUTE_FEE_MSAT, Replay,
+    as_u64, fill, invoice_for_hash, json_response, now, recorded, recorded_json, replay, serve,
+    silent_server,
 };
 use crate::suite::{AMOUNT, Fixture};
 
@@ -72,6 +75,7 @@ impl LndFake {
             .route("/v1/invoices", post(add_invoice))
             .route("/v1/invoice/{r_hash_str}", get(lookup_invoice))
             .route("/v2/router/send", post(send_payment))
+            .route("/v2/router/track/{payment_hash}", get(track_payment))
             .with_state(fake.clone());
         (serve(app).await, fake)
     }
@@ -232,24 +236,7 @@ async fn send_payment(State(fake): Fake, headers: HeaderMap, body: Bytes) -> Res
     match fake.net.pay(fake.node, bolt11, fee_limit) {
         Ok(out) => {
             let fields = |status: &str, preimage: String, fee: u64| {
-                vec![
-                    ("payment_hash", json!(hex::encode(out.hash))),
-                    ("value", json!((out.amount_msat / 1000).to_string())),
-                    ("creation_date", json!(out.created_at.to_string())),
-                    ("fee", json!((fee / 1000).to_string())),
-                    ("payment_preimage", json!(preimage)),
-                    ("value_sat", json!((out.amount_msat / 1000).to_string())),
-                    ("value_msat", json!(out.amount_msat.to_string())),
-                    ("payment_request", json!(out.bolt11)),
-                    ("status", json!(status)),
-                    ("fee_sat", json!((fee / 1000).to_string())),
-                    ("fee_msat", json!(fee.to_string())),
-                    (
-                        "creation_time_ns",
-                        json!((out.created_at * 1_000_000_000).to_string()),
-                    ),
-                    ("payment_index", json!(out.index.to_string())),
-                ]
+                payment_fields((&out).into(), status, preimage, fee)
             };
             let in_flight = fill(
                 recorded_lines[0]["result"].clone(),
@@ -283,6 +270,130 @@ async fn send_payment(State(fake): Fake, headers: HeaderMap, body: Bytes) -> Res
         Err(PayFailure::InsufficientBalance) => failed("FAILURE_REASON_INSUFFICIENT_BALANCE"),
         Err(PayFailure::IncorrectDetails) => failed("FAILURE_REASON_INCORRECT_PAYMENT_DETAILS"),
     }
+}
+
+/// What the `lnrpc.Payment` of a fake payment attempt is made of.
+struct Attempt<'a> {
+    hash: &'a [u8; 32],
+    amount_msat: u64,
+    created_at: u64,
+    bolt11: &'a str,
+    index: u64,
+}
+
+impl<'a> From<&'a OutPayment> for Attempt<'a> {
+    fn from(out: &'a OutPayment) -> Self {
+        Attempt {
+            hash: &out.hash,
+            amount_msat: out.amount_msat,
+            created_at: out.created_at,
+            bolt11: &out.bolt11,
+            index: out.index,
+        }
+    }
+}
+
+impl<'a> From<&'a FailedPayment> for Attempt<'a> {
+    fn from(failed: &'a FailedPayment) -> Self {
+        Attempt {
+            hash: &failed.hash,
+            amount_msat: failed.amount_msat,
+            created_at: failed.created_at,
+            bolt11: &failed.bolt11,
+            index: failed.index,
+        }
+    }
+}
+
+/// The `lnrpc.Payment` fields of a fake payment, for the recorded shape.
+fn payment_fields(
+    a: Attempt<'_>,
+    status: &str,
+    preimage: String,
+    fee: u64,
+) -> Vec<(&'static str, Value)> {
+    let Attempt {
+        hash,
+        amount_msat,
+        created_at,
+        bolt11,
+        index,
+    } = a;
+    vec![
+        ("payment_hash", json!(hex::encode(hash))),
+        ("value", json!((amount_msat / 1000).to_string())),
+        ("creation_date", json!(created_at.to_string())),
+        ("fee", json!((fee / 1000).to_string())),
+        ("payment_preimage", json!(preimage)),
+        ("value_sat", json!((amount_msat / 1000).to_string())),
+        ("value_msat", json!(amount_msat.to_string())),
+        ("payment_request", json!(bolt11)),
+        ("status", json!(status)),
+        ("fee_sat", json!((fee / 1000).to_string())),
+        ("fee_msat", json!(fee.to_string())),
+        (
+            "creation_time_ns",
+            json!((created_at * 1_000_000_000).to_string()),
+        ),
+        ("payment_index", json!(index.to_string())),
+    ]
+}
+
+/// TrackPaymentV2: the payment's current state as the first stream line
+/// (the fake's payments are final, so the stream then ends), or gRPC
+/// NotFound "payment isn't initiated" with HTTP 404, as grpc-gateway sends
+/// a stream's error before its first message.
+async fn track_payment(
+    State(fake): Fake,
+    headers: HeaderMap,
+    Path(hash): Path<String>,
+) -> Response {
+    if let Err(r) = fake.authorise(&headers) {
+        return *r;
+    }
+    // grpc-gateway reads a `bytes` path parameter as base64 (URL-safe here).
+    let Some(key) = URL_SAFE
+        .decode(&hash)
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+    else {
+        return rpc_error(
+            StatusCode::BAD_REQUEST,
+            "lnd/error_payment_not_initiated.json",
+            Some(format!("bad payment_hash {hash:?}")),
+        );
+    };
+    let lines: Vec<Value> = recorded("lnd/send_payment_succeeded.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    if let Some(out) = fake.net.payment(fake.node, &key) {
+        let done = fill(
+            lines[1]["result"].clone(),
+            &payment_fields(
+                (&out).into(),
+                "SUCCEEDED",
+                hex::encode(out.preimage),
+                out.fee_msat,
+            ),
+        );
+        return stream(vec![json!({ "result": done })]);
+    }
+    if let Some(failed) = fake.net.failed_payment(fake.node, &key) {
+        let line: Value =
+            serde_json::from_str(recorded("lnd/send_payment_failed_no_route.jsonl").trim())
+                .unwrap();
+        let result = fill(
+            line["result"].clone(),
+            &payment_fields((&failed).into(), "FAILED", String::new(), 0),
+        );
+        return stream(vec![json!({ "result": result })]);
+    }
+    rpc_error(
+        StatusCode::NOT_FOUND,
+        "lnd/error_payment_not_initiated.json",
+        None,
+    )
 }
 
 /// A 200 stream of JSON lines, the last one split across two chunks as a
@@ -326,6 +437,20 @@ impl Fixture for LndRecordedFake {
 
     async fn pay(&self, bolt11: &str) -> Result<Payment, LightningError> {
         self.payer.pay_invoice(bolt11, MAX_FEE).await
+    }
+
+    fn payer(&self) -> &dyn Lightning {
+        &self.payer
+    }
+
+    /// A fee limit below the route's fee: LND starts the payment, finds no
+    /// route within it, and records it as `FAILED`.
+    fn failing_payer(&self) -> (&dyn Lightning, Msat, PaymentStatus) {
+        (
+            &self.payer,
+            Msat::from_msat(ROUTE_FEE_MSAT - 1),
+            PaymentStatus::Failed,
+        )
     }
 
     fn short_expiry(&self) -> Duration {
@@ -656,6 +781,87 @@ async fn recorded_payment_failures_map_to_port_errors() {
             other => panic!("{sample}: unexpected {other:?}"),
         }
     }
+}
+
+#[tokio::test]
+async fn recorded_payment_tracking_maps_to_payment_states() {
+    // The samples are payments of the hash of preimage 0x22..22.
+    let hash = Preimage([0x22; 32]).payment_hash();
+    // grpc-gateway reads the `bytes` path parameter as (URL-safe) base64.
+    let path = format!("/v2/router/track/{}", URL_SAFE.encode(hash.0));
+    let cases: [(u16, &str, PaymentStatus); 3] = [
+        // The first line of this stream is IN_FLIGHT: only it is read.
+        (
+            200,
+            "lnd/send_payment_succeeded.jsonl",
+            PaymentStatus::Pending,
+        ),
+        (
+            200,
+            "lnd/send_payment_failed_no_route.jsonl",
+            PaymentStatus::Failed,
+        ),
+        (
+            404,
+            "lnd/error_payment_not_initiated.json",
+            PaymentStatus::NotFound,
+        ),
+    ];
+    for (status, sample, expected) in cases {
+        let (url, hits) = replay(vec![Replay::new(&path, status, sample)]).await;
+        let got = client(&url, "0201").lookup_payment(&hash).await.unwrap();
+        assert_eq!(got, expected, "{sample}");
+        assert_eq!(*hits.lock().unwrap(), vec![path.clone()]);
+    }
+}
+
+#[tokio::test]
+async fn a_payment_lookup_error_is_never_read_as_not_found() {
+    let hash = Preimage([0x22; 32]).payment_hash();
+    let path = format!("/v2/router/track/{}", URL_SAFE.encode(hash.0));
+    // A bare 404 (an LND without the router REST API, a proxy's path) is
+    // not LND saying it never paid: "not found" would allow paying again.
+    let (url, _) = replay(Vec::new()).await;
+    let got = client(&url, "0201").lookup_payment(&hash).await;
+    assert!(matches!(got, Err(LightningError::Backend(_))), "{got:?}");
+
+    let (url, _) = replay(vec![Replay::new(&path, 500, "lnd/error_no_macaroon.json")]).await;
+    let got = client(&url, "0201").lookup_payment(&hash).await;
+    assert!(
+        matches!(&got, Err(LightningError::Backend(m)) if m.contains("refused the macaroon")),
+        "{got:?}"
+    );
+
+    // A stream about another payment is refused, not believed.
+    let other = PaymentHash(rand::random());
+    let other_path = format!("/v2/router/track/{}", URL_SAFE.encode(other.0));
+    let (url, _) = replay(vec![Replay::new(
+        &other_path,
+        200,
+        "lnd/send_payment_failed_no_route.jsonl",
+    )])
+    .await;
+    let got = client(&url, "0201").lookup_payment(&other).await;
+    assert!(
+        matches!(&got, Err(LightningError::Backend(m)) if m.contains("another payment")),
+        "{got:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_payment_lookup_of_a_silent_node_times_out() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let url = silent_server().await;
+    let mut config = LndConfig::new(url, "0201036c6e64");
+    config.timeout = Duration::from_millis(300);
+    let got = Lnd::new(config)
+        .unwrap()
+        .lookup_payment(&PaymentHash(rand::random()))
+        .await;
+    assert!(
+        matches!(&got, Err(LightningError::Backend(m)) if m.contains("timed out")),
+        "{got:?}"
+    );
 }
 
 // ---- TLS: LND's self-signed certificate ----

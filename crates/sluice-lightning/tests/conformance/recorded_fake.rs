@@ -2,7 +2,7 @@
 //! LND or CLN binary runs here; see `recorded/README.md`):
 //! - [`FakeNetwork`]: fake nodes with real signing keys that issue real
 //!   BOLT11 invoices and settle each other's invoices atomically, charging
-//!   [`ROUTE_FEE_MSAT`] per payment;
+//!   [`ROUTE_FEE_MSAT`] per payment, and remembering their failed attempts;
 //! - the recorded samples, and [`fill`], which puts values into a sample but
 //!   refuses to invent a field the sample does not have;
 //! - [`replay`], a server answering fixed paths with samples verbatim, and
@@ -80,6 +80,19 @@ pub struct OutPayment {
     pub index: u64,
 }
 
+/// A payment attempt a fake node started and that failed (nothing moved).
+/// Attempts refused before starting (unparseable, expired, already paid)
+/// leave none, as with LND and CLN.
+#[derive(Debug, Clone)]
+pub struct FailedPayment {
+    pub bolt11: String,
+    pub hash: [u8; 32],
+    pub amount_msat: u64,
+    pub destination: String,
+    pub created_at: u64,
+    pub index: u64,
+}
+
 /// Why a fake payment failed.
 #[derive(Debug, Clone)]
 pub enum PayFailure {
@@ -101,6 +114,8 @@ struct NodeState {
     pubkey: PublicKey,
     invoices: HashMap<[u8; 32], FakeInvoice>,
     pays: HashMap<[u8; 32], OutPayment>,
+    /// The last failed attempt per hash.
+    failed: HashMap<[u8; 32], FailedPayment>,
     balance_msat: u64,
     next_index: u64,
 }
@@ -129,6 +144,7 @@ impl FakeNetwork {
             pubkey,
             invoices: HashMap::new(),
             pays: HashMap::new(),
+            failed: HashMap::new(),
             balance_msat,
             next_index: 1,
         });
@@ -191,6 +207,10 @@ impl FakeNetwork {
         self.nodes.lock().unwrap()[node].pays.get(hash).cloned()
     }
 
+    pub fn failed_payment(&self, node: NodeId, hash: &[u8; 32]) -> Option<FailedPayment> {
+        self.nodes.lock().unwrap()[node].failed.get(hash).cloned()
+    }
+
     pub fn balance(&self, node: NodeId) -> u64 {
         self.nodes.lock().unwrap()[node].balance_msat
     }
@@ -222,26 +242,45 @@ impl FakeNetwork {
             return Err(PayFailure::Expired);
         }
         let payee_key = inv.get_payee_pub_key();
-        let payee = nodes
+        let at = now();
+        // From here on the attempt has started: a failure is recorded.
+        let fail = |nodes: &mut Vec<NodeState>, why: PayFailure| {
+            let n = &mut nodes[payer];
+            let failed = FailedPayment {
+                bolt11: bolt11.trim().to_owned(),
+                hash,
+                amount_msat,
+                destination: payee_key.to_string(),
+                created_at: at,
+                index: n.next_index,
+            };
+            n.next_index += 1;
+            n.failed.insert(hash, failed);
+            Err(why)
+        };
+        let Some(payee) = nodes
             .iter()
             .position(|n| n.pubkey == payee_key)
             .filter(|p| *p != payer)
-            .ok_or(PayFailure::NoRoute)?;
+        else {
+            return fail(&mut nodes, PayFailure::NoRoute);
+        };
         if fee_limit_msat < ROUTE_FEE_MSAT {
-            return Err(PayFailure::FeeTooLow);
+            return fail(&mut nodes, PayFailure::FeeTooLow);
         }
         let total = amount_msat + ROUTE_FEE_MSAT;
         if nodes[payer].balance_msat < total {
-            return Err(PayFailure::InsufficientBalance);
+            return fail(&mut nodes, PayFailure::InsufficientBalance);
         }
         let pay_index = nodes[payee].next_index;
-        let at = now();
         let preimage = {
-            let target = nodes[payee]
+            let Some(target) = nodes[payee]
                 .invoices
                 .get_mut(&hash)
                 .filter(|i| i.paid.is_none() && i.amount_msat <= amount_msat)
-                .ok_or(PayFailure::IncorrectDetails)?;
+            else {
+                return fail(&mut nodes, PayFailure::IncorrectDetails);
+            };
             target.paid = Some(Received {
                 amount_msat,
                 at,

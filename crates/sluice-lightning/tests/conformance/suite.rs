@@ -8,7 +8,7 @@ use bitcoin::hashes::Hash as _;
 use lightning_invoice::SignedRawBolt11Invoice;
 use sluice_core::Msat;
 use sluice_lightning::{
-    Invoice, InvoiceStatus, Lightning, LightningError, Payment, PaymentHash, Settled,
+    Invoice, InvoiceStatus, Lightning, LightningError, Payment, PaymentHash, PaymentStatus, Settled,
 };
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
@@ -23,6 +23,15 @@ pub trait Fixture: Send + Sync {
     /// Pay `bolt11` from the fixture's payer (the backend itself for the dev
     /// wallet; another wallet for real backends).
     fn pay(&self, bolt11: &str) -> impl Future<Output = Result<Payment, LightningError>> + Send;
+    /// The backend [`Fixture::pay`] pays with (whose payments
+    /// `lookup_payment` must find).
+    fn payer(&self) -> &dyn Lightning;
+    /// A backend whose payment of one of [`Fixture::backend`]'s invoices
+    /// fails, the fee cap that makes it fail, and what its `lookup_payment`
+    /// then says: `Failed`, or `NotFound` where the backend refuses the
+    /// payment before starting it and keeps no record (documented per
+    /// backend). Either way nothing is paid.
+    fn failing_payer(&self) -> (&dyn Lightning, Msat, PaymentStatus);
     /// The shortest expiry the backend handles reliably.
     fn short_expiry(&self) -> Duration;
 }
@@ -214,6 +223,78 @@ pub async fn absent_subscriber_does_not_lose_the_lookup_truth<F: Fixture>(f: F) 
     );
 }
 
+pub async fn payment_lookup_is_not_found_before_and_proves_the_payment_after<F: Fixture>(f: F) {
+    let inv = invoice(&f, "conformance: payment lookup").await;
+    assert_eq!(
+        f.payer().lookup_payment(&inv.payment_hash).await.unwrap(),
+        PaymentStatus::NotFound,
+        "nothing was paid yet"
+    );
+    let payment = f.pay(&inv.bolt11).await.unwrap();
+    match f.payer().lookup_payment(&inv.payment_hash).await.unwrap() {
+        PaymentStatus::Succeeded { preimage, fee } => {
+            assert_eq!(
+                preimage.payment_hash(),
+                inv.payment_hash,
+                "sha256(preimage) must be the payment hash"
+            );
+            assert_eq!(preimage, payment.preimage);
+            assert_eq!(fee, payment.fee);
+        }
+        other => panic!("expected succeeded, got {other:?}"),
+    }
+    // The receiving side issued the invoice; it did not pay it. (The dev
+    // wallet is both sides: it pays its own invoices.)
+    if !std::ptr::addr_eq(f.backend(), f.payer()) {
+        assert_eq!(
+            f.backend().lookup_payment(&inv.payment_hash).await.unwrap(),
+            PaymentStatus::NotFound,
+            "an invoice received is not a payment made"
+        );
+    }
+}
+
+pub async fn unknown_payment_hash_is_not_found<F: Fixture>(f: F) {
+    let hash = PaymentHash(rand::random());
+    assert_eq!(
+        f.payer().lookup_payment(&hash).await.unwrap(),
+        PaymentStatus::NotFound
+    );
+    assert_eq!(
+        f.backend().lookup_payment(&hash).await.unwrap(),
+        PaymentStatus::NotFound
+    );
+}
+
+pub async fn a_failed_payment_is_failed_or_not_found_and_moves_no_money<F: Fixture>(f: F) {
+    let inv = invoice(&f, "conformance: failed payment").await;
+    let (payer, max_fee, expected) = f.failing_payer();
+    assert!(
+        matches!(expected, PaymentStatus::Failed | PaymentStatus::NotFound),
+        "a failed payment reads as failed or not found, got {expected:?}"
+    );
+    assert_eq!(
+        payer.lookup_payment(&inv.payment_hash).await.unwrap(),
+        PaymentStatus::NotFound
+    );
+    let paid = payer.pay_invoice(&inv.bolt11, max_fee).await;
+    assert!(paid.is_err(), "this payment must fail: {paid:?}");
+    assert_eq!(
+        payer.lookup_payment(&inv.payment_hash).await.unwrap(),
+        expected
+    );
+    // Nothing moved: the invoice is still open and can be paid once.
+    assert_eq!(
+        f.backend().lookup_invoice(&inv.payment_hash).await.unwrap(),
+        InvoiceStatus::Pending
+    );
+    let payment = f.pay(&inv.bolt11).await.unwrap();
+    assert!(matches!(
+        f.payer().lookup_payment(&inv.payment_hash).await.unwrap(),
+        PaymentStatus::Succeeded { preimage, .. } if preimage == payment.preimage
+    ));
+}
+
 /// Expand every generic check into a `#[tokio::test]` for the backend that
 /// `$setup().await` builds (an `impl Fixture`).
 macro_rules! lightning_conformance {
@@ -227,6 +308,9 @@ macro_rules! lightning_conformance {
             unknown_hash_is_not_found,
             short_expiry_becomes_expired_and_unpayable,
             absent_subscriber_does_not_lose_the_lookup_truth,
+            payment_lookup_is_not_found_before_and_proves_the_payment_after,
+            unknown_payment_hash_is_not_found,
+            a_failed_payment_is_failed_or_not_found_and_moves_no_money,
         );
     };
     (@checks $setup:path; $($check:ident),* $(,)?) => {
