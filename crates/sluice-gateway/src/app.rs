@@ -48,6 +48,15 @@ pub fn app(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/sessions/{id}", get(sessions::get))
         .route("/v1/jobs/{id}", get(crate::jobs::get))
         .route("/v1/jobs/{id}/refund", post(crate::jobs::claim_refund))
+        .route(
+            "/v1/sessions/{id}/close",
+            post(crate::refunds::close_session),
+        )
+        .route(
+            "/v1/sessions/{id}/refund",
+            post(crate::refunds::claim_session),
+        )
+        .route("/v1/l402/refund", post(crate::refunds::claim_l402))
         .route("/v1/sessions/{id}/topup", post(sessions::topup))
         .merge(public);
     if state.lnbits.is_some() {

@@ -21,13 +21,10 @@ use axum::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sluice_core::{
-    BtcUsd, JobError, JobState, Msat, RefundError, RefundEvent, RestartAction, TokenUsage,
-    UsdMicros, charge_for, job::validate_request, on_restart, output_budget,
+    BtcUsd, JobError, JobState, Msat, RefundEvent, RestartAction, TokenUsage, UsdMicros,
+    charge_for, job::validate_request, on_restart, output_budget,
 };
-use sluice_lightning::{LightningError, bolt11};
-use sluice_store::{
-    Evaluation, JobInvoice, JobRow, NewJob, RefundEventError, StoreError, WorkOutcome,
-};
+use sluice_store::{Evaluation, JobInvoice, JobRow, NewJob, StoreError, WorkOutcome};
 
 use crate::{
     error::ApiError,
@@ -515,38 +512,11 @@ pub async fn expire_refunds(state: &AppState) {
     }
 }
 
-/// Body of a refund claim.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClaimBody {
-    /// A BOLT11 invoice for exactly the refund.
-    pub invoice: String,
-}
-
-fn refund_error(e: RefundError) -> ApiError {
-    match e {
-        RefundError::WrongAmount { .. } => ApiError::bad_request("wrong_amount", e.to_string()),
-        RefundError::AlreadyClaimed { .. } | RefundError::PayoutInFlight { .. } => ApiError {
-            status: StatusCode::CONFLICT,
-            kind: "invalid_request_error",
-            code: "refund_already_claimed",
-            message: e.to_string(),
-        },
-        RefundError::Expired { .. } => ApiError {
-            status: StatusCode::GONE,
-            kind: "invalid_request_error",
-            code: "refund_expired",
-            message: e.to_string(),
-        },
-        other => ApiError::bad_request("nothing_to_refund", other.to_string()),
-    }
-}
-
 /// `POST /v1/jobs/{id}/refund`: pay the job's refund to the caller's invoice, once.
 pub async fn claim_refund(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    body: Result<Json<ClaimBody>, JsonRejection>,
+    body: Result<Json<crate::refunds::ClaimBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     jobs(&state)?;
     let Json(b) = body?;
@@ -558,69 +528,5 @@ pub async fn claim_refund(
     let rid = job
         .refund_id
         .ok_or_else(|| ApiError::bad_request("nothing_to_refund", "this job owes no refund"))?;
-    let inv = bolt11::decode(b.invoice.trim())
-        .map_err(|e| ApiError::bad_request("invalid_invoice", e.to_string()))?;
-    let amount = inv.amount.ok_or_else(|| {
-        ApiError::bad_request("invalid_invoice", "the invoice must state its amount")
-    })?;
-    let hash = inv.payment_hash.to_hex();
-    let claim = RefundEvent::Claim {
-        invoice_amount: amount,
-        invoice_hash: hash.clone(),
-        now_ms: now_ms(),
-    };
-    match state.store.refund_event(&rid, claim).await {
-        Ok(_) => {}
-        Err(RefundEventError::Refused(RefundError::AlreadyClaimed { payment_hash })) => {
-            let mut r = refund_error(RefundError::AlreadyClaimed {
-                payment_hash: payment_hash.clone(),
-            })
-            .into_response();
-            *r.body_mut() = axum::body::Body::from(
-                json!({"error": {"message": format!("this refund was already claimed by invoice {payment_hash}"), "type": "invalid_request_error", "code": "refund_already_claimed"}, "payment_hash": payment_hash}).to_string(),
-            );
-            return Ok(r);
-        }
-        Err(RefundEventError::Refused(RefundError::Expired { expires_at_ms })) => {
-            // Late: the payout goes to the pool now, in its own step.
-            let _ = state
-                .store
-                .refund_event(&rid, RefundEvent::Expire { now_ms: now_ms() })
-                .await;
-            return Err(refund_error(RefundError::Expired { expires_at_ms }));
-        }
-        Err(RefundEventError::Refused(e)) => return Err(refund_error(e)),
-        Err(RefundEventError::Store(e)) => return Err(e.into()),
-    }
-    // The refund is now `paying` this invoice: no other claim can start a payout.
-    // The payout and its record run in a tracked task, so a client that hangs up
-    // cannot leave the outcome unrecorded.
-    let max_fee = Msat::from_msat((amount.msat() / 100).max(10_000));
-    let s = state.clone();
-    let bolt11 = b.invoice.trim().to_owned();
-    let handle = state.tasks.spawn(async move {
-        let (status, event, body) = match s.lightning.pay_invoice(&bolt11, max_fee).await {
-            Ok(p) => (
-                StatusCode::OK,
-                RefundEvent::PayoutSucceeded { payment_hash: hash.clone(), preimage: p.preimage.to_hex() },
-                json!({"state": "claimed", "payment_hash": hash, "preimage": p.preimage.to_hex(), "amount_sats": amount.to_sats_floor()}),
-            ),
-            Err(e @ (LightningError::InvalidInvoice(_) | LightningError::Expired | LightningError::InsufficientBalance | LightningError::NotFound)) => (
-                StatusCode::BAD_GATEWAY,
-                RefundEvent::PayoutFailed { payment_hash: hash.clone() },
-                json!({"error": {"message": format!("the payout failed and nothing was paid ({e}); claim again with a new invoice"), "type": "upstream_error", "code": "payout_failed"}}),
-            ),
-            Err(e) => (
-                StatusCode::ACCEPTED,
-                RefundEvent::PayoutUnknown { payment_hash: hash.clone() },
-                json!({"state": "paying", "payment_hash": hash, "message": format!("the payout's outcome is not known yet ({e}); it will not be paid twice")}),
-            ),
-        };
-        if let Err(e) = s.store.refund_event(&rid, event).await {
-            tracing::error!(refund_id = %rid, error = %e, "could not record a payout outcome");
-        }
-        (status, body)
-    });
-    let (status, body) = handle.await.map_err(|e| ApiError::internal(&e))?;
-    Ok((status, Json(body)).into_response())
+    crate::refunds::claim(&state, &rid, &b.invoice).await
 }

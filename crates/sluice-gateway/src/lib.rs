@@ -17,6 +17,7 @@ pub mod l402;
 pub mod oracle;
 pub mod pricing;
 pub mod ratelimit;
+pub mod refunds;
 pub mod request;
 pub mod sessions;
 pub mod state;

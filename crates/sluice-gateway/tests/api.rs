@@ -11,6 +11,7 @@ mod api {
     mod l402;
     mod lnbits;
     mod paid_path;
+    mod refunds;
     mod upstreams;
     mod validation;
 }

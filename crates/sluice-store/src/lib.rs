@@ -773,6 +773,22 @@ pub trait Store: Send + Sync + 'static {
         event: sluice_core::RefundEvent,
     ) -> Result<RefundRow, RefundEventError>;
 
+    /// Every refund owed by a job or session, newest first.
+    async fn refunds_for(&self, owner_id: &str) -> Result<Vec<RefundRow>, StoreError>;
+
+    /// Close a session: its whole available balance becomes a refund
+    /// (`refund_<session id>_<now>`, dust and the sub-sat rest to the pool) and the
+    /// session ends (`expired`, balance 0), in one transaction. Refused with
+    /// [`StoreError::Conflict`] while requests hold funds or before it was funded;
+    /// `Ok(None)` when there was nothing left to refund.
+    async fn close_session(
+        &self,
+        id: &str,
+        now_ms: i64,
+        refund_expires_at_ms: i64,
+        dust: Msat,
+    ) -> Result<Option<RefundRow>, StoreError>;
+
     /// Pending refunds past their expiry at `now_ms` (to expire them into the pool).
     async fn expired_refunds(&self, now_ms: i64) -> Result<Vec<RefundRow>, StoreError>;
 }

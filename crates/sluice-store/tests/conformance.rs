@@ -59,6 +59,7 @@ macro_rules! all_cases {
             ledger_is_consistent_after_a_workload_and_notices_tampering,
             concurrent_holds_never_overdraw,
             secret_is_stable,
+            closing_a_session_refunds_its_balance_once,
             estimator_states_are_saved_per_model_and_class,
             secrets_can_be_read_without_creating_and_deleted,
             session_invoices_lists_every_invoice_of_one_session,

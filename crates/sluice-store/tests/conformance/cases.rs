@@ -968,6 +968,71 @@ pub async fn estimator_states_are_saved_per_model_and_class(db: &TestDb) {
     assert_eq!(store.estimator_state("other", "short").await.unwrap(), None);
 }
 
+pub async fn closing_a_session_refunds_its_balance_once(db: &TestDb) {
+    let store = &*db.store;
+    // Never funded: nothing to close.
+    let (s, dep) = new_session("s-unfunded", 10_000);
+    store.create_session(&s, &dep).await.unwrap();
+    assert!(matches!(
+        store
+            .close_session("s-unfunded", NOW, NOW + 1_000, Msat::from_msat(1_000))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        store
+            .close_session("nope", NOW, NOW + 1_000, Msat::from_msat(1_000))
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    // Funded with 12,500 msat; a request in flight blocks the close.
+    funded(store, "s-close", 12_500).await;
+    assert!(is_held(
+        &store
+            .hold(&hold("s-close", "r-close", 1_000))
+            .await
+            .unwrap()
+    ));
+    assert!(matches!(
+        store
+            .close_session("s-close", NOW, NOW + 1_000, Msat::from_msat(1_000))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    store
+        .release("r-close", RequestStatus::Failed, NOW, &policy())
+        .await
+        .unwrap();
+    let r = store
+        .close_session("s-close", NOW, NOW + 1_000, Msat::from_msat(1_000))
+        .await
+        .unwrap()
+        .expect("a refund");
+    assert_eq!(r.owner_kind, "session");
+    assert_eq!(r.owner_id, "s-close");
+    assert_eq!(r.refund.state, sluice_core::RefundState::Pending);
+    assert_eq!(r.refund.amount, Msat::from_msat(12_500));
+    assert_eq!(
+        r.refund.payout,
+        Msat::from_msat(12_000),
+        "whole sats; 500 msat to the pool"
+    );
+    let row = store.session("s-close").await.unwrap().unwrap();
+    assert_eq!(row.balance, Msat::ZERO);
+    assert_eq!(row.state, SessionState::Expired);
+    // Closing again refunds nothing more.
+    assert_eq!(
+        store
+            .close_session("s-close", NOW + 1, NOW + 1_000, Msat::from_msat(1_000))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(store.refunds_for("s-close").await.unwrap().len(), 1);
+    let report = store.check_ledger().await.unwrap();
+    assert!(report.is_consistent(), "{report:?}");
+}
+
 pub async fn dev_invoices(db: &TestDb) {
     let store = &*db.store;
     assert!(store.dev_invoice("h1").await.unwrap().is_none());
