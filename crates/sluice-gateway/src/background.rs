@@ -166,6 +166,7 @@ pub fn spawn(state: &AppState) {
                     }
                     reconcile_abandoned(&s).await;
                     crate::jobs::expire_refunds(&s).await;
+                    crate::refunds::reconcile(&s).await;
                 }
             }
         }

@@ -143,6 +143,50 @@ pub async fn claim(state: &AppState, refund_id: &str, invoice: &str) -> Result<R
     Ok((status, Json(body)).into_response())
 }
 
+/// Settle payouts whose outcome was never recorded (unknown, or the gateway
+/// stopped mid-payout) by looking the payment up: paid → `claimed`; failed or
+/// never attempted → claimable again; still in flight → look again later.
+/// Only payouts quiet for the staleness window are looked at, so a payment
+/// still being sent is not mistaken for one that was never made.
+pub async fn reconcile(state: &AppState) {
+    let quiet_since = now_ms() - i64::try_from(state.stale_after.as_millis()).unwrap_or(i64::MAX);
+    let Ok(paying) = state.store.paying_refunds(quiet_since).await else {
+        return;
+    };
+    for r in paying {
+        let Some(hash) = r.refund.payment_hash.clone() else {
+            continue;
+        };
+        let Ok(h) = sluice_lightning::PaymentHash::from_hex(&hash) else {
+            continue;
+        };
+        let event = match state.lightning.lookup_payment(&h).await {
+            Ok(sluice_lightning::PaymentStatus::Succeeded { preimage, .. }) => {
+                RefundEvent::PayoutSucceeded {
+                    payment_hash: hash,
+                    preimage: preimage.to_hex(),
+                }
+            }
+            Ok(
+                sluice_lightning::PaymentStatus::Failed | sluice_lightning::PaymentStatus::NotFound,
+            ) => RefundEvent::PayoutFailed { payment_hash: hash },
+            Ok(sluice_lightning::PaymentStatus::Pending) => continue,
+            Err(e) => {
+                tracing::warn!(refund_id = %r.id, error = %e, "could not look a payout up");
+                continue;
+            }
+        };
+        match state.store.refund_event(&r.id, event).await {
+            Ok(row) => {
+                tracing::info!(refund_id = %r.id, state = row.refund.state.as_str(), "payout reconciled")
+            }
+            Err(e) => {
+                tracing::warn!(refund_id = %r.id, error = %e, "could not record a reconciled payout")
+            }
+        }
+    }
+}
+
 fn refund_expiry(state: &AppState) -> i64 {
     now_ms().saturating_add(
         i64::try_from(state.jobs.refund_expiry_secs.saturating_mul(1000)).unwrap_or(i64::MAX),

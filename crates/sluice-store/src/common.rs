@@ -1677,6 +1677,18 @@ macro_rules! store_impl {
                 raw.map(RefundRow::try_from).transpose()
             }
 
+            async fn paying_refunds(&self, updated_before_ms: i64) -> Result<Vec<RefundRow>, StoreError> {
+                let raws: Vec<$crate::common::RefundRaw> = sqlx::query_as(concat!(
+                    "SELECT ",
+                    refund_columns!(),
+                    " FROM refunds WHERE state = 'paying' AND updated_at < $1 ORDER BY updated_at, id"
+                ))
+                .bind(updated_before_ms)
+                .fetch_all(&self.pool)
+                .await?;
+                raws.into_iter().map(RefundRow::try_from).collect()
+            }
+
             async fn refunds_for(&self, owner_id: &str) -> Result<Vec<RefundRow>, StoreError> {
                 let raws: Vec<$crate::common::RefundRaw> = sqlx::query_as(concat!(
                     "SELECT ",

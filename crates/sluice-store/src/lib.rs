@@ -773,6 +773,10 @@ pub trait Store: Send + Sync + 'static {
         event: sluice_core::RefundEvent,
     ) -> Result<RefundRow, RefundEventError>;
 
+    /// Refunds whose payout started before `updated_before_ms` and has no
+    /// recorded outcome (unknown, or the gateway stopped mid-payout).
+    async fn paying_refunds(&self, updated_before_ms: i64) -> Result<Vec<RefundRow>, StoreError>;
+
     /// Every refund owed by a job or session, newest first.
     async fn refunds_for(&self, owner_id: &str) -> Result<Vec<RefundRow>, StoreError>;
 

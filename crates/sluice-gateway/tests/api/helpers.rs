@@ -82,6 +82,16 @@ impl TestApp {
         behaviour: FakeBehaviour,
         tweak: impl FnOnce(&mut Config),
     ) -> TestApp {
+        Self::spawn_wrapped(db, behaviour, tweak, |l| l).await
+    }
+
+    /// Like [`TestApp::spawn_with`], with the Lightning backend wrapped (to inject faults).
+    pub async fn spawn_wrapped(
+        db: Db,
+        behaviour: FakeBehaviour,
+        tweak: impl FnOnce(&mut Config),
+        wrap: impl FnOnce(Arc<dyn sluice_lightning::Lightning>) -> Arc<dyn sluice_lightning::Lightning>,
+    ) -> TestApp {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let upstream = spawn_fake_openai(behaviour).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -108,9 +118,10 @@ impl TestApp {
                 (Arc::new(s.clone()), Some(s))
             }
         };
-        let state = sluice_gateway::build_state_with_store(&cfg, store, BTreeMap::new())
+        let mut state = sluice_gateway::build_state_with_store(&cfg, store, BTreeMap::new())
             .await
             .unwrap();
+        state.lightning = wrap(state.lightning);
         let stop = CancellationToken::new();
         let s2 = stop.clone();
         let server = tokio::spawn(sluice_gateway::serve(

@@ -178,3 +178,200 @@ async fn an_l402_token_is_refunded_with_its_credential_or_by_preimage() {
     app.assert_ledger_consistent().await;
     app.stop().await;
 }
+
+/// A Lightning backend with injected payout faults (a mock around the real dev
+/// wallet): each payout takes the next scripted behaviour.
+mod flaky {
+    use std::{
+        collections::VecDeque,
+        sync::{
+            Arc, Mutex,
+            atomic::{AtomicU32, Ordering},
+        },
+        time::Duration,
+    };
+
+    use async_trait::async_trait;
+    use sluice_core::Msat;
+    use sluice_lightning::{
+        Invoice, InvoiceStatus, Lightning, LightningError, Payment, PaymentHash, PaymentStatus,
+        Settled,
+    };
+
+    #[derive(Debug, Clone, Copy)]
+    pub enum Fault {
+        /// Refuse without paying.
+        Fail,
+        /// Pay, then report a timeout: the outcome is unknown to the caller.
+        PayThenTimeOut,
+    }
+
+    pub struct MockFlakyLightning {
+        pub inner: Arc<dyn Lightning>,
+        pub faults: Mutex<VecDeque<Fault>>,
+        pub payouts_sent: AtomicU32,
+    }
+
+    #[async_trait]
+    impl Lightning for MockFlakyLightning {
+        fn name(&self) -> &'static str {
+            self.inner.name()
+        }
+        fn is_real_money(&self) -> bool {
+            self.inner.is_real_money()
+        }
+        async fn create_invoice(
+            &self,
+            amount: Msat,
+            memo: &str,
+            expiry: Duration,
+        ) -> Result<Invoice, LightningError> {
+            self.inner.create_invoice(amount, memo, expiry).await
+        }
+        async fn lookup_invoice(
+            &self,
+            hash: &PaymentHash,
+        ) -> Result<InvoiceStatus, LightningError> {
+            self.inner.lookup_invoice(hash).await
+        }
+        async fn lookup_payment(
+            &self,
+            hash: &PaymentHash,
+        ) -> Result<PaymentStatus, LightningError> {
+            self.inner.lookup_payment(hash).await
+        }
+        async fn pay_invoice(
+            &self,
+            bolt11: &str,
+            max_fee: Msat,
+        ) -> Result<Payment, LightningError> {
+            let fault = self.faults.lock().unwrap().pop_front();
+            match fault {
+                Some(Fault::Fail) => Err(LightningError::InsufficientBalance),
+                Some(Fault::PayThenTimeOut) => {
+                    self.inner.pay_invoice(bolt11, max_fee).await?;
+                    self.payouts_sent.fetch_add(1, Ordering::SeqCst);
+                    Err(LightningError::Backend(
+                        "timed out waiting for the node".into(),
+                    ))
+                }
+                None => {
+                    let p = self.inner.pay_invoice(bolt11, max_fee).await?;
+                    self.payouts_sent.fetch_add(1, Ordering::SeqCst);
+                    Ok(p)
+                }
+            }
+        }
+        fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Settled> {
+            self.inner.subscribe()
+        }
+    }
+}
+
+#[tokio::test]
+async fn payouts_that_fail_time_out_or_could_succeed_twice_pay_exactly_once() {
+    use flaky::{Fault, MockFlakyLightning};
+    use std::sync::{Arc, atomic::Ordering};
+    let mock: Arc<std::sync::OnceLock<Arc<MockFlakyLightning>>> = Arc::default();
+    let slot = mock.clone();
+    let app = TestApp::spawn_wrapped(
+        Db::Sqlite,
+        Default::default(),
+        |c| c.server.instance_stale_secs = 1,
+        move |inner| {
+            let m = Arc::new(MockFlakyLightning {
+                inner,
+                faults: std::sync::Mutex::new([Fault::Fail, Fault::PayThenTimeOut].into()),
+                payouts_sent: Default::default(),
+            });
+            let _ = slot.set(m.clone());
+            m
+        },
+    )
+    .await;
+    let mock = mock.get().unwrap().clone();
+    let (id, mac) = app.funded_session(50).await;
+    let v: Value = app
+        .post(&format!("/v1/sessions/{id}/close"), json!({}), Some(&mac))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["refund"]["payout_sats"], 50);
+    let (sid, smac, invoice) = app.new_session(50).await;
+
+    // 1. The backend refuses: nothing paid, the refund can be claimed again.
+    let r = app
+        .post(
+            &format!("/v1/sessions/{id}/refund"),
+            json!({"invoice": invoice}),
+            Some(&mac),
+        )
+        .await;
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::BAD_GATEWAY, "payout_failed".into())
+    );
+    assert_eq!(mock.payouts_sent.load(Ordering::SeqCst), 0);
+
+    // 2. The backend pays but times out: the outcome is unknown, so nothing else may pay.
+    let r = app
+        .post(
+            &format!("/v1/sessions/{id}/refund"),
+            json!({"invoice": invoice}),
+            Some(&mac),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["state"], "paying");
+    let hash = v["payment_hash"].as_str().unwrap().to_owned();
+    let (_, _, other) = app.new_session(50).await;
+    let r = app
+        .post(
+            &format!("/v1/sessions/{id}/refund"),
+            json!({"invoice": other}),
+            Some(&mac),
+        )
+        .await;
+    assert_eq!(
+        r.status(),
+        StatusCode::CONFLICT,
+        "a claim while the payout is unknown is refused"
+    );
+
+    // 3. The reconciler looks the payment up and records the success.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    sluice_gateway::refunds::reconcile(&app.state).await;
+    let refunds = app.state.store.refunds_for(&id).await.unwrap();
+    assert_eq!(refunds[0].refund.state, sluice_core::RefundState::Claimed);
+    assert_eq!(
+        refunds[0].refund.payment_hash.as_deref(),
+        Some(hash.as_str())
+    );
+
+    // 4. A backend that would happily pay again never gets the chance.
+    let r = app
+        .post(
+            &format!("/v1/sessions/{id}/refund"),
+            json!({"invoice": other}),
+            Some(&mac),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["payment_hash"], hash.as_str());
+    assert_eq!(
+        mock.payouts_sent.load(Ordering::SeqCst),
+        1,
+        "exactly one payout"
+    );
+    app.eventually("the refund to reach the payer", || async {
+        app.session(&sid, &smac).await["balance_msat"] == 50_000
+    })
+    .await;
+    let report = app.state.store.check_ledger().await.unwrap();
+    assert!(report.is_consistent(), "{report:?}");
+    assert_eq!(report.paid_out.msat(), 50_000);
+    app.stop().await;
+}

@@ -1020,6 +1020,25 @@ pub async fn closing_a_session_refunds_its_balance_once(db: &TestDb) {
     let row = store.session("s-close").await.unwrap().unwrap();
     assert_eq!(row.balance, Msat::ZERO);
     assert_eq!(row.state, SessionState::Expired);
+    // A payout whose outcome is not recorded is found for reconciliation.
+    assert!(store.paying_refunds(NOW + 10).await.unwrap().is_empty());
+    store
+        .refund_event(
+            &r.id,
+            sluice_core::RefundEvent::Claim {
+                invoice_amount: Msat::from_msat(12_000),
+                invoice_hash: "ab".repeat(32),
+                now_ms: NOW,
+            },
+        )
+        .await
+        .unwrap();
+    let paying = store.paying_refunds(i64::MAX).await.unwrap();
+    assert_eq!(paying.len(), 1);
+    assert_eq!(
+        paying[0].refund.payment_hash.as_deref(),
+        Some("ab".repeat(32).as_str())
+    );
     // Closing again refunds nothing more.
     assert_eq!(
         store
