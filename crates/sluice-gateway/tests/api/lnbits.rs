@@ -63,6 +63,11 @@ impl Server {
 
     /// A second wallet, funded, that pays through sluice's own LNbits client.
     async fn payer(&self) -> LnBits {
+        self.payer_with_keys().await.0
+    }
+
+    /// The payer and its keys.
+    async fn payer_with_keys(&self) -> (LnBits, Wallet) {
         let w = self.wallet("payer").await;
         let r = self
             .http
@@ -75,7 +80,7 @@ impl Server {
         assert!(r.status().is_success());
         let mut c = LnBitsConfig::new(&self.url, &w.inkey);
         c.admin_key = Some(w.adminkey.clone());
-        LnBits::new(c).unwrap()
+        (LnBits::new(c).unwrap(), w)
     }
 
     fn configure(&self, receiver: &Wallet, poll_secs: u64) -> impl FnOnce(&mut Config) + use<> {
@@ -179,4 +184,114 @@ async fn an_invoice_paid_while_the_gateway_was_down_is_credited_at_start() {
     assert_eq!(app.session(&id, &mac).await["balance_msat"], 500_000);
     app.assert_ledger_consistent().await;
     app.stop().await;
+}
+
+#[tokio::test]
+async fn a_job_runs_eval_work_result_and_refund_claim_on_lnbits() {
+    use sluice_gateway::testing::{FakeBehaviour, spawn_fake_openai};
+    let server = server();
+    let receiver = server.wallet("sluice").await;
+    let (payer, payer_keys) = server.payer_with_keys().await;
+    let payer_wallet = LnBits::new(LnBitsConfig::new(&server.url, &payer_keys.inkey)).unwrap();
+    let judge = spawn_fake_openai(FakeBehaviour {
+        reply: r#"{"accepted": true, "reason": "ok"}"#.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let judge_url = judge.base_url.clone();
+    let admin = receiver.adminkey.clone();
+    let configure = server.configure(&receiver, 1);
+    let app = TestApp::spawn_with(Db::Sqlite, Default::default(), move |c| {
+        configure(c);
+        c.lightning.admin_key = Some(Secret::new(admin)); // to pay refunds out
+        let mut j = super::helpers::fake_model(&judge_url);
+        j.name = "judge".into();
+        c.models.push(j);
+        c.jobs.eval_model = Some("judge".into());
+        c.jobs.work_model = Some("fake-model".into());
+    })
+    .await;
+
+    let v: Value = app
+        .post(
+            "/v1/jobs",
+            json!({"request": "What is the capital of France?"}),
+            None,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = v["job_id"].as_str().unwrap().to_owned();
+    payer
+        .pay_invoice(
+            v["eval_invoice"]["bolt11"].as_str().unwrap(),
+            Msat::from_sats(10).unwrap(),
+        )
+        .await
+        .unwrap();
+    let v = wait_for(&app, &id, "awaiting_work_payment").await;
+    payer
+        .pay_invoice(
+            v["work_invoice"]["bolt11"].as_str().unwrap(),
+            Msat::from_sats(10).unwrap(),
+        )
+        .await
+        .unwrap();
+    let v = wait_for(&app, &id, "complete").await;
+    assert_eq!(v["result"], "The capital of France is Paris .");
+    let payout = v["refund"]["payout_sats"].as_u64().unwrap();
+    assert!(payout > 0);
+
+    // The payer's wallet makes the refund invoice; sluice pays it from its LNbits wallet.
+    let refund_invoice = payer_wallet
+        .create_invoice(
+            Msat::from_sats(payout).unwrap(),
+            "sluice refund",
+            Duration::from_secs(600),
+        )
+        .await
+        .unwrap();
+    let r = app
+        .post(
+            &format!("/v1/jobs/{id}/refund"),
+            json!({"invoice": refund_invoice.bolt11}),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let status = payer_wallet
+        .lookup_invoice(&refund_invoice.payment_hash)
+        .await
+        .unwrap();
+    assert!(
+        matches!(status, sluice_lightning::InvoiceStatus::Settled { .. }),
+        "{status:?}"
+    );
+    let r = app
+        .post(
+            &format!("/v1/jobs/{id}/refund"),
+            json!({"invoice": refund_invoice.bolt11}),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 409);
+    app.assert_ledger_consistent().await;
+    app.stop().await;
+}
+
+async fn wait_for(app: &TestApp, id: &str, state: &str) -> Value {
+    for _ in 0..30 {
+        let v: Value = app
+            .get(&format!("/v1/jobs/{id}?wait=5"), None)
+            .await
+            .json()
+            .await
+            .unwrap();
+        if v["state"] == state {
+            return v;
+        }
+    }
+    panic!("job {id} never reached {state}");
 }
