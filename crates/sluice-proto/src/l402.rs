@@ -375,6 +375,52 @@ mod tests {
         ));
     }
 
+    /// Macaroons minted by Go implementations, as published in lsat-js's test
+    /// data (Tierion/lsat-js): an Aperture-originated challenge (service
+    /// `meme`) and a Go-generated macaroon, each with its payment hash. Their
+    /// root keys are the minting servers' secrets, so their signatures cannot
+    /// be checked here; everything else a verifier reads must match.
+    #[test]
+    fn go_minted_macaroons_decode_to_their_published_payment_hashes() {
+        let aperture = "AgEEbHNhdAJCAAAwpHpumws6ufQoDwiTLNcge0QPUIWA0+tVY+tKPYAJ/zSfmEGlIpNm3VzxuzCqLhEp5KGiyPLUM9L+kcB7uzS+AAIPc2VydmljZXM9bWVtZTowAAISbWVtZV9jYXBhYmlsaXRpZXM9AAAGILA1VCEIExukt4nG+XR9tX8WJ2BVMiHG3UNt1uYJ+NRD";
+        let m = Macaroon::from_base64(aperture).unwrap();
+        assert_eq!(m.location(), Some(LOCATION));
+        assert_eq!(m.to_base64(), aperture, "re-encodes byte for byte");
+        let id = Identifier::decode(m.identifier()).unwrap();
+        assert_eq!(
+            hex::encode(id.payment_hash),
+            "30a47a6e9b0b3ab9f4280f08932cd7207b440f508580d3eb5563eb4a3d8009ff"
+        );
+        let conds: Vec<(&str, &str)> = m.caveats().iter().filter_map(|c| c.condition()).collect();
+        assert_eq!(
+            conds,
+            vec![("services", "meme:0"), ("meme_capabilities", "")]
+        );
+        // The challenge header Aperture sent parses as clients parse it...
+        let header = format!(
+            "LSAT {aperture}:{}",
+            "2ca931a1c36b48f54948b898a271a53ed91ff7d0081939a5fa511249e81cba5c"
+        );
+        let (parsed, preimage) = parse_authorization(&header).unwrap();
+        assert_eq!(parsed, m);
+        // ...and the published preimage is not this invoice's: refused before any key is looked up.
+        assert_eq!(
+            check_preimage(&parsed, &preimage),
+            Err(L402Error::WrongPreimage)
+        );
+
+        let go = "AgESMy4xMzYuMTc4LjE1OjM0MjM4AkIAAD2b0rX78LATiVo8bKgHuurefeF5OeX2H5ZuacBIK3+RAR1PKU1oZpfCZFib4zdDoj0pOpgPmhtuzNllU+y//D0AAAYgcWFs9FIteCzpCcEPSwmXKBpcx97hyL5Yt99cbLjRHzU=";
+        let m = Macaroon::from_base64(go).unwrap();
+        assert_eq!(m.location(), Some("3.136.178.15:34238"));
+        assert_eq!(m.to_base64(), go);
+        let id = Identifier::decode(m.identifier()).unwrap();
+        assert_eq!(
+            hex::encode(id.payment_hash),
+            "3d9bd2b5fbf0b013895a3c6ca807baeade7de17939e5f61f966e69c0482b7f91"
+        );
+        assert!(m.caveats().is_empty());
+    }
+
     #[test]
     fn malformed_credentials_are_refused_with_a_reason() {
         for bad in [
