@@ -180,9 +180,7 @@ impl Cln {
                 "cannot build the HTTP client for CLN (bad tls_cert_pem, or no rustls crypto provider installed?): {e}"
             ))
         })?;
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
-            LightningError::Backend("Cln::new must run inside a tokio runtime".into())
-        })?;
+        let runtime = crate::runtime("Cln::new")?;
         let inner = Arc::new(Inner {
             http,
             base,
@@ -219,17 +217,8 @@ impl Lightning for Cln {
         memo: &str,
         expiry: Duration,
     ) -> Result<Invoice, LightningError> {
-        if amount == Msat::ZERO {
-            return Err(LightningError::InvalidInvoice(
-                "the amount must be positive".into(),
-            ));
-        }
-        let expiry_secs = expiry.as_secs();
-        if expiry_secs == 0 {
-            return Err(LightningError::InvalidInvoice(
-                "the expiry must be at least one second".into(),
-            ));
-        }
+        crate::positive_amount(amount)?;
+        let expiry_secs = crate::expiry_secs(expiry)?;
         let label = format!("{LABEL_PREFIX}{}", hex::encode(rand::random::<[u8; 16]>()));
         let params = json!({
             "amount_msat": amount.msat(),

@@ -193,11 +193,7 @@ impl Lightning for DevWallet {
         memo: &str,
         expiry: Duration,
     ) -> Result<Invoice, LightningError> {
-        if amount == Msat::ZERO {
-            return Err(LightningError::InvalidInvoice(
-                "the amount must be positive".into(),
-            ));
-        }
+        crate::positive_amount(amount)?;
         let preimage = Preimage(rand::random());
         let payment_hash = preimage.payment_hash();
         let payment_secret = PaymentSecret(rand::random());

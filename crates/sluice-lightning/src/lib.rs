@@ -180,6 +180,32 @@ pub enum LightningError {
     Backend(String),
 }
 
+/// Refuse a zero-amount invoice (every backend's rule).
+pub(crate) fn positive_amount(amount: Msat) -> Result<(), LightningError> {
+    if amount == Msat::ZERO {
+        return Err(LightningError::InvalidInvoice(
+            "the amount must be positive".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// An invoice expiry in whole seconds, at least one.
+pub(crate) fn expiry_secs(expiry: Duration) -> Result<u64, LightningError> {
+    match expiry.as_secs() {
+        0 => Err(LightningError::InvalidInvoice(
+            "the expiry must be at least one second".into(),
+        )),
+        s => Ok(s),
+    }
+}
+
+/// The tokio runtime a backend's poller runs on; `what` names the constructor.
+pub(crate) fn runtime(what: &str) -> Result<tokio::runtime::Handle, LightningError> {
+    tokio::runtime::Handle::try_current()
+        .map_err(|_| LightningError::Backend(format!("{what} must run inside a tokio runtime")))
+}
+
 /// What the gateway needs from a Lightning backend.
 #[async_trait]
 pub trait Lightning: Send + Sync {

@@ -186,9 +186,7 @@ impl LnBits {
                     "cannot build the HTTP client (is a rustls crypto provider installed?): {e}"
                 ))
             })?;
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
-            LightningError::Backend("LnBits::new must run inside a tokio runtime".into())
-        })?;
+        let runtime = crate::runtime("LnBits::new")?;
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let inner = Arc::new(Inner {
             http,
@@ -275,11 +273,7 @@ impl Lightning for LnBits {
         memo: &str,
         expiry: Duration,
     ) -> Result<Invoice, LightningError> {
-        if amount == Msat::ZERO {
-            return Err(LightningError::InvalidInvoice(
-                "the amount must be positive".into(),
-            ));
-        }
+        crate::positive_amount(amount)?;
         if !amount.msat().is_multiple_of(1000) {
             return Err(LightningError::InvalidInvoice(format!(
                 "LNbits invoices are for whole sats; {} msat is not a whole number of sats",
@@ -291,12 +285,7 @@ impl Lightning for LnBits {
                 "the memo is longer than {MAX_MEMO_CHARS} characters"
             )));
         }
-        let expiry_secs = expiry.as_secs();
-        if expiry_secs == 0 {
-            return Err(LightningError::InvalidInvoice(
-                "the expiry must be at least one second".into(),
-            ));
-        }
+        let expiry_secs = crate::expiry_secs(expiry)?;
         let mut body = json!({
             "out": false,
             "unit": "sat",

@@ -185,9 +185,7 @@ impl Lnd {
                 "cannot build the HTTP client for LND (bad tls_cert_pem, or no rustls crypto provider installed?): {e}"
             ))
         })?;
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
-            LightningError::Backend("Lnd::new must run inside a tokio runtime".into())
-        })?;
+        let runtime = crate::runtime("Lnd::new")?;
         let inner = Arc::new(Inner {
             http,
             base,
@@ -224,17 +222,8 @@ impl Lightning for Lnd {
         memo: &str,
         expiry: Duration,
     ) -> Result<Invoice, LightningError> {
-        if amount == Msat::ZERO {
-            return Err(LightningError::InvalidInvoice(
-                "the amount must be positive".into(),
-            ));
-        }
-        let expiry_secs = expiry.as_secs();
-        if expiry_secs == 0 {
-            return Err(LightningError::InvalidInvoice(
-                "the expiry must be at least one second".into(),
-            ));
-        }
+        crate::positive_amount(amount)?;
+        let expiry_secs = crate::expiry_secs(expiry)?;
         // int64 fields travel as JSON strings in LND's REST encoding.
         let body = json!({
             "value_msat": amount.msat().to_string(),
