@@ -598,6 +598,25 @@ macro_rules! store_impl {
             Ok((charged, Some(refund_id)))
         }
 
+        /// Read job `id` and advance it from `from` by `event` (conditionally, so one
+        /// caller wins), or say why not: [`StoreError::NotFound`], or a conflict
+        /// "job <id> <not_in_state>". On an error the caller's transaction is dropped,
+        /// which rolls it back.
+        async fn take_job(
+            conn: &mut $conn,
+            id: &str,
+            from: JobState,
+            event: &JobEvent,
+            now_ms: i64,
+            not_in_state: &str,
+        ) -> Result<JobRow, StoreError> {
+            let job = read_job(conn, id).await?.ok_or(StoreError::NotFound)?;
+            if job.state != from || !advance_job(conn, id, from, event, now_ms).await? {
+                return Err(StoreError::Conflict(format!("job {id} {not_in_state}")));
+            }
+            Ok(job)
+        }
+
         async fn read_job(conn: &mut $conn, id: &str) -> Result<Option<JobRow>, StoreError> {
             let raw: Option<$crate::common::JobRaw> =
                 sqlx::query_as(concat!("SELECT ", job_columns!(), " FROM jobs WHERE id = $1"))
@@ -1501,16 +1520,7 @@ macro_rules! store_impl {
                     Evaluation::Failed { reason } => JobEvent::Failed { reason: reason.clone() },
                 };
                 let mut tx = self.begin_write().await?;
-                let Some(job) = read_job(&mut tx, id).await? else {
-                    tx.rollback().await?;
-                    return Err(StoreError::NotFound);
-                };
-                if job.state != JobState::Evaluating
-                    || !advance_job(&mut tx, id, JobState::Evaluating, &event, now_ms).await?
-                {
-                    tx.rollback().await?;
-                    return Err(StoreError::Conflict(format!("job {id} is not being evaluated")));
-                }
+                let job = take_job(&mut tx, id, JobState::Evaluating, &event, now_ms, "is not being evaluated").await?;
                 let paid = job.eval_invoice.amount;
                 // Accepted or rejected, the evaluation was done: its fee is earned.
                 let actual = match outcome {
@@ -1581,16 +1591,7 @@ macro_rules! store_impl {
                     WorkOutcome::Failed { reason } => JobEvent::Failed { reason: reason.clone() },
                 };
                 let mut tx = self.begin_write().await?;
-                let Some(job) = read_job(&mut tx, id).await? else {
-                    tx.rollback().await?;
-                    return Err(StoreError::NotFound);
-                };
-                if job.state != JobState::Executing
-                    || !advance_job(&mut tx, id, JobState::Executing, &event, now_ms).await?
-                {
-                    tx.rollback().await?;
-                    return Err(StoreError::Conflict(format!("job {id} is not executing")));
-                }
+                let job = take_job(&mut tx, id, JobState::Executing, &event, now_ms, "is not executing").await?;
                 let Some(paid) = job.work_invoice.as_ref().map(|w| w.amount) else {
                     tx.rollback().await?;
                     return Err(StoreError::Database("corrupt row: an executing job without a work invoice".to_owned()));
