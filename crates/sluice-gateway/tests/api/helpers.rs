@@ -218,6 +218,22 @@ impl TestApp {
         assert!(r.is_consistent(), "ledger inconsistent: {r:?}");
     }
 
+    /// Long-poll a job until it reaches `state` (bounded); its JSON then.
+    pub async fn wait_for_job(&self, id: &str, state: &str) -> Value {
+        for _ in 0..30 {
+            let v: Value = self
+                .get(&format!("/v1/jobs/{id}?wait=5"), None)
+                .await
+                .json()
+                .await
+                .unwrap();
+            if v["state"] == state {
+                return v;
+            }
+        }
+        panic!("job {id} never reached {state}");
+    }
+
     /// Poll until `f` holds (bounded), for effects of background tasks.
     pub async fn eventually<F, Fut>(&self, what: &str, mut f: F)
     where

@@ -34,21 +34,6 @@ async fn app_with_judge(
     (app, judge)
 }
 
-async fn wait_for(app: &TestApp, id: &str, state: &str) -> Value {
-    for _ in 0..20 {
-        let v: Value = app
-            .get(&format!("/v1/jobs/{id}?wait=5"), None)
-            .await
-            .json()
-            .await
-            .unwrap();
-        if v["state"] == state {
-            return v;
-        }
-    }
-    panic!("job {id} never reached {state}");
-}
-
 #[tokio::test]
 async fn a_job_runs_eval_then_work_then_refunds_the_overpayment_once() {
     let (app, _judge) = app_with_judge(
@@ -70,12 +55,12 @@ async fn a_job_runs_eval_then_work_then_refunds_the_overpayment_once() {
     assert_eq!(v["eval_invoice"]["amount_sats"], 10);
 
     app.pay(v["eval_invoice"]["bolt11"].as_str().unwrap()).await;
-    let v = wait_for(&app, &id, "awaiting_work_payment").await;
+    let v = app.wait_for_job(&id, "awaiting_work_payment").await;
     let work_sats = v["work_invoice"]["amount_sats"].as_u64().unwrap();
     assert!(work_sats > 0);
 
     app.pay(v["work_invoice"]["bolt11"].as_str().unwrap()).await;
-    let v = wait_for(&app, &id, "complete").await;
+    let v = app.wait_for_job(&id, "complete").await;
     assert_eq!(v["result"], "The capital of France is Paris .");
     // Re-priced at actual: the fake counts 3 + 6 prompt tokens and 7 output tokens.
     let charged = v["cost"]["work_charged_msat"].as_u64().unwrap();
@@ -165,7 +150,7 @@ async fn a_rejected_job_keeps_its_fee_and_asks_for_no_work() {
         .unwrap();
     let id = v["job_id"].as_str().unwrap().to_owned();
     app.pay(v["eval_invoice"]["bolt11"].as_str().unwrap()).await;
-    let v = wait_for(&app, &id, "rejected").await;
+    let v = app.wait_for_job(&id, "rejected").await;
     assert_eq!(v["reason"], "not something I do");
     assert!(v.get("work_invoice").is_none());
     assert!(v.get("refund").is_none());
@@ -190,7 +175,7 @@ async fn an_unreadable_evaluation_fails_the_job_and_refunds_the_fee() {
         .unwrap();
     let id = v["job_id"].as_str().unwrap().to_owned();
     app.pay(v["eval_invoice"]["bolt11"].as_str().unwrap()).await;
-    let v = wait_for(&app, &id, "failed").await;
+    let v = app.wait_for_job(&id, "failed").await;
     assert_eq!(v["refund"]["payout_sats"], 10);
     app.assert_ledger_consistent().await;
     app.stop().await;
@@ -252,7 +237,7 @@ async fn work_interrupted_by_a_restart_is_failed_and_refunded() {
         .unwrap();
     let id = v["job_id"].as_str().unwrap().to_owned();
     app.pay(v["eval_invoice"]["bolt11"].as_str().unwrap()).await;
-    let v = wait_for(&app, &id, "awaiting_work_payment").await;
+    let v = app.wait_for_job(&id, "awaiting_work_payment").await;
     let work_sats = v["work_invoice"]["amount_sats"].as_u64().unwrap();
     // Record the work payment without running the work (the gateway "died" here).
     let hash = v["work_invoice"]["payment_hash"].as_str().unwrap();

@@ -231,7 +231,7 @@ async fn a_job_runs_eval_work_result_and_refund_claim_on_lnbits() {
         )
         .await
         .unwrap();
-    let v = wait_for(&app, &id, "awaiting_work_payment").await;
+    let v = app.wait_for_job(&id, "awaiting_work_payment").await;
     payer
         .pay_invoice(
             v["work_invoice"]["bolt11"].as_str().unwrap(),
@@ -239,7 +239,7 @@ async fn a_job_runs_eval_work_result_and_refund_claim_on_lnbits() {
         )
         .await
         .unwrap();
-    let v = wait_for(&app, &id, "complete").await;
+    let v = app.wait_for_job(&id, "complete").await;
     assert_eq!(v["result"], "The capital of France is Paris .");
     let payout = v["refund"]["payout_sats"].as_u64().unwrap();
     assert!(payout > 0);
@@ -279,19 +279,4 @@ async fn a_job_runs_eval_work_result_and_refund_claim_on_lnbits() {
     assert_eq!(r.status(), 409);
     app.assert_ledger_consistent().await;
     app.stop().await;
-}
-
-async fn wait_for(app: &TestApp, id: &str, state: &str) -> Value {
-    for _ in 0..30 {
-        let v: Value = app
-            .get(&format!("/v1/jobs/{id}?wait=5"), None)
-            .await
-            .json()
-            .await
-            .unwrap();
-        if v["state"] == state {
-            return v;
-        }
-    }
-    panic!("job {id} never reached {state}");
 }
