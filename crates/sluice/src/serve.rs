@@ -90,11 +90,15 @@ pub async fn check_ledger(config: Option<PathBuf>) -> anyhow::Result<()> {
         .await
         .context("could not open the database")?;
     let r = store.check_ledger().await?;
-    println!("ledger transactions: {}", r.transactions);
+    println!("ledger transactions:     {}", r.transactions);
     println!("received over Lightning: {} msat", r.received.msat());
     println!("session balances:        {} msat", r.balances.msat());
     println!("held for requests:       {} msat", r.held.msat());
     println!("revenue:                 {} msat", r.revenue.msat());
+    println!("held for jobs:           {} msat", r.jobs_held.msat());
+    println!("refunds owed:            {} msat", r.refunds_owed.msat());
+    println!("generosity pool:         {} msat", r.pool.msat());
+    println!("paid out:                {} msat", r.paid_out.msat());
     if r.is_consistent() {
         println!(
             "OK: every transaction balances; received = balances + held + revenue; every session matches the ledger"
@@ -102,9 +106,11 @@ pub async fn check_ledger(config: Option<PathBuf>) -> anyhow::Result<()> {
         Ok(())
     } else {
         anyhow::bail!(
-            "ledger check FAILED: unbalanced transactions {:?}, mismatched sessions {:?}",
+            "ledger check FAILED: unbalanced transactions {:?}, mismatched sessions {:?}, jobs {:?}, refunds {:?}",
             r.unbalanced,
-            r.mismatched_sessions
+            r.mismatched_sessions,
+            r.mismatched_jobs,
+            r.mismatched_refunds
         )
     }
 }
