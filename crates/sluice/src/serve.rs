@@ -101,7 +101,8 @@ pub async fn check_ledger(config: Option<PathBuf>) -> anyhow::Result<()> {
     println!("paid out:                {} msat", r.paid_out.msat());
     if r.is_consistent() {
         println!(
-            "OK: every transaction balances; received = balances + held + revenue; every session matches the ledger"
+            "OK: every transaction balances; received = balances + held + revenue + jobs + refunds owed + \
+             pool + paid out; every session, job and refund matches the ledger"
         );
         Ok(())
     } else {
