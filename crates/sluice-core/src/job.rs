@@ -112,6 +112,9 @@ pub enum JobEvent {
     EvalPaid,
     /// The evaluation accepted the request.
     Accepted,
+    /// The evaluation accepted the request and the free tier pays for all of
+    /// the work: no work invoice, the work starts at once.
+    AcceptedFree,
     /// The evaluation refused the request.
     Rejected {
         /// Why, for the payer.
@@ -134,6 +137,7 @@ impl JobEvent {
         match self {
             JobEvent::EvalPaid => "eval_paid",
             JobEvent::Accepted => "accepted",
+            JobEvent::AcceptedFree => "accepted_free",
             JobEvent::Rejected { .. } => "rejected",
             JobEvent::WorkPaid => "work_paid",
             JobEvent::Completed => "completed",
@@ -181,6 +185,7 @@ pub fn next(state: JobState, event: &JobEvent) -> Result<JobState, JobError> {
     Ok(match (state, event) {
         (S::AwaitingEvalPayment, JobEvent::EvalPaid) => S::Evaluating,
         (S::Evaluating, JobEvent::Accepted) => S::AwaitingWorkPayment,
+        (S::Evaluating, JobEvent::AcceptedFree) => S::Executing,
         (S::Evaluating, JobEvent::Rejected { .. }) => S::Rejected,
         // An evaluation that cannot be done (the model is gone, the request
         // breaks it) must end somewhere, with its fee refunded.

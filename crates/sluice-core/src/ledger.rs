@@ -14,12 +14,16 @@
 //!   re-priced at its actual cost.
 //! - `refund:<id>` — a refund owed to a payer (only its payable whole sats
 //!   stay here; the sub-sat remainder goes to the pool at the offer).
-//! - `pool:generosity` — refund remainders, dust and unclaimed refunds.
+//! - `pool:generosity` — the generosity pool that pays for free answers: its
+//!   seed, a share of paid revenue, refund remainders, dust and unclaimed refunds.
+//! - `equity:operator` — what the operator put in (the pool's seed); it goes
+//!   negative by exactly that.
 //! - `lightning:out` — value paid out over Lightning; it grows by exactly what
 //!   has been paid.
 //!
-//! Conservation: what was received (`-lightning:in`) equals session balances +
-//! held + revenue + jobs + owed refunds + pool + paid out (`lightning:out`).
+//! Conservation: what was received (`-lightning:in`) plus what the operator put
+//! in (`-equity:operator`) equals session balances + held + revenue + jobs +
+//! owed refunds + pool + paid out (`lightning:out`).
 
 use crate::job::JobPhase;
 use crate::refund::PoolReason;
@@ -40,10 +44,13 @@ pub enum Account {
     Job(String),
     /// A refund owed to a payer.
     Refund(String),
-    /// The generosity pool: refund remainders, dust and unclaimed refunds.
+    /// The generosity pool: its seed, a share of revenue, refund remainders,
+    /// dust and unclaimed refunds; it pays for free answers.
     GenerosityPool,
     /// Value paid out over Lightning goes here.
     LightningOut,
+    /// What the operator put in (the pool's seed) comes from here.
+    OperatorEquity,
 }
 
 impl Account {
@@ -58,6 +65,7 @@ impl Account {
             Account::Refund(id) => format!("refund:{id}"),
             Account::GenerosityPool => "pool:generosity".to_owned(),
             Account::LightningOut => "lightning:out".to_owned(),
+            Account::OperatorEquity => "equity:operator".to_owned(),
         }
     }
 }
@@ -83,6 +91,12 @@ pub enum PostingKind {
     JobPaid,
     /// A job phase was re-priced: charged to revenue, the rest owed back.
     JobSettle,
+    /// The operator seeded the generosity pool.
+    PoolSeed,
+    /// A share of paid revenue went to the pool.
+    PoolCredit,
+    /// The pool paid (part of) a request's cost: a free-tier grant.
+    Grant,
 }
 
 impl PostingKind {
@@ -98,6 +112,9 @@ impl PostingKind {
             PostingKind::RefundToPool => "refund_to_pool",
             PostingKind::JobPaid => "job_paid",
             PostingKind::JobSettle => "job_settle",
+            PostingKind::PoolSeed => "pool_seed",
+            PostingKind::PoolCredit => "pool_credit",
+            PostingKind::Grant => "grant",
         }
     }
 }
@@ -284,6 +301,40 @@ impl Posting {
                 (Account::Revenue, s.charged.to_i64()?),
                 (Account::Refund(refund.to_owned()), s.released.to_i64()?),
             ],
+        ))
+    }
+
+    /// The operator seeds the pool. Key `pool-seed`: the pool is seeded once,
+    /// on the first start, however many gateways start.
+    pub fn pool_seed(amount: Msat) -> Result<Posting, AmountError> {
+        let a = amount.to_i64()?;
+        Ok(Posting::new(
+            PostingKind::PoolSeed,
+            "pool-seed".to_owned(),
+            vec![(Account::OperatorEquity, -a), (Account::GenerosityPool, a)],
+        ))
+    }
+
+    /// A share of a request's or job's paid revenue goes to the pool. Key
+    /// `pool-credit:<source>`.
+    pub fn pool_credit(source: &str, amount: Msat) -> Result<Posting, AmountError> {
+        let a = amount.to_i64()?;
+        Ok(Posting::new(
+            PostingKind::PoolCredit,
+            format!("pool-credit:{source}"),
+            vec![(Account::Revenue, -a), (Account::GenerosityPool, a)],
+        ))
+    }
+
+    /// The pool pays `amount` of a request's cost: the operator earns it from
+    /// the pool instead of the payer. Key `grant:<request>`: one grant per
+    /// request, job or demo answer.
+    pub fn grant(request: &str, amount: Msat) -> Result<Posting, AmountError> {
+        let a = amount.to_i64()?;
+        Ok(Posting::new(
+            PostingKind::Grant,
+            format!("grant:{request}"),
+            vec![(Account::GenerosityPool, -a), (Account::Revenue, a)],
         ))
     }
 

@@ -16,6 +16,7 @@
 
 pub mod amount;
 pub mod estimate;
+pub mod free;
 pub mod job;
 pub mod ledger;
 pub mod price;
@@ -26,6 +27,10 @@ pub mod settle;
 
 pub use amount::{AmountError, Msat};
 pub use estimate::{Estimate, EstimateError, OutputBudget, output_budget, reserve};
+pub use free::{
+    Allowances, DAY_MS, Decision, FreeTierError, GateReason, Interaction, Tier, TrustRules, day_of,
+    decide, decide_for, effective_tier, grant, pool_credit, remaining_allowance,
+};
 pub use job::{
     DEFAULT_MAX_REQUEST_CHARS, JobError, JobEvent, JobPhase, JobState, RestartAction, on_restart,
     validate_request,

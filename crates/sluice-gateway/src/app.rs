@@ -30,6 +30,9 @@ pub fn app(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/sessions", post(sessions::create))
         .route("/v1/estimate", post(crate::pricing::estimate))
         .route("/v1/jobs", post(crate::jobs::create))
+        .route("/v1/identity/challenge", post(crate::identity::challenge))
+        .route("/v1/identity/verify", post(crate::identity::verify))
+        .route("/v1/identity/vouch", post(crate::identity::vouch))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             ratelimit::limit,
@@ -58,7 +61,12 @@ pub fn app(state: AppState, max_body_bytes: usize) -> Router {
         )
         .route("/v1/l402/refund", post(crate::refunds::claim_l402))
         .route("/v1/sessions/{id}/topup", post(sessions::topup))
+        .route("/v1/identity/me", get(crate::identity::me))
+        .route("/v1/pool", get(crate::free::pool))
         .merge(public);
+    if state.demo.enabled {
+        router = router.route("/v1/demo", get(crate::free::demo));
+    }
     if state.lnbits.is_some() {
         router = router.merge(
             Router::new()
@@ -81,6 +89,10 @@ pub fn app(state: AppState, max_body_bytes: usize) -> Router {
     }
     router
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::identity::identify,
+        ))
         .with_state(state)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(
@@ -92,7 +104,10 @@ pub fn app(state: AppState, max_body_bytes: usize) -> Router {
         )
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
-        .layer(SetSensitiveRequestHeadersLayer::new([axum::http::header::AUTHORIZATION]))
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            axum::http::header::AUTHORIZATION,
+            HeaderName::from_static(crate::identity::TOKEN_HEADER),
+        ]))
         .layer(CatchPanicLayer::custom(|_| ApiError::internal(&"handler panicked").into_response()))
 }
 

@@ -118,6 +118,8 @@ pub async fn payer(
 ) -> Result<Option<Payer>, ApiError> {
     match authorization(headers)? {
         None => Ok(None),
+        // NIP-98 identifies; it does not pay.
+        Some(h) if crate::identity::is_nostr_auth(h) => Ok(None),
         Some(h) if sluice_proto::l402::is_l402(h) => {
             Ok(Some(crate::l402::authenticate(state, h).await?))
         }

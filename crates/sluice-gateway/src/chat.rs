@@ -13,7 +13,7 @@
 use std::{sync::Arc, time::Instant};
 
 use axum::{
-    Json,
+    Extension, Json,
     body::Body,
     extract::{State, rejection::JsonRejection},
     http::{HeaderMap, HeaderValue, StatusCode, header},
@@ -23,13 +23,16 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use sluice_core::{BtcUsd, Msat, TokenUsage, charge_for};
-use sluice_store::{HoldOutcome, NewHold, RequestStatus, SettleRequest, Settled, SpendCap};
+use sluice_store::{
+    GrantKind, HoldOutcome, NewHold, RequestStatus, SettleRequest, Settled, SpendCap,
+};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::{
     auth,
     error::ApiError,
+    identity::Identity,
     request::ChatBody,
     state::{AppState, new_id, now_ms},
     tokens,
@@ -40,7 +43,10 @@ use crate::{
 struct Meter {
     state: AppState,
     request_id: String,
-    session_id: String,
+    /// The paying session; `None` for a request the pool pays in full.
+    session_id: Option<String>,
+    /// The free-tier decision, when one applies (free or partial).
+    free: Option<crate::free::FreeDecision>,
     public_model: String,
     rates: sluice_core::ModelRates,
     tokenizer: crate::config::TokenizerKind,
@@ -65,24 +71,60 @@ impl Meter {
         let actual =
             charge_for(&self.rates, usage, self.btc).map_err(|e| ApiError::internal(&e))?;
         self.learn(usage.output, actual);
-        let s = self
-            .state
-            .store
-            .settle(&SettleRequest {
-                request_id: self.request_id.clone(),
-                usage,
-                actual_cost: actual,
-                latency_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
-                status,
-                now_ms: now_ms(),
-                policy: self.state.policy_for(&self.session_id),
-            })
-            .await?;
+        let ask = self.free.as_ref().and_then(|f| f.ask.clone());
+        let s = match &self.session_id {
+            Some(session_id) => {
+                self.state
+                    .store
+                    .settle(&SettleRequest {
+                        request_id: self.request_id.clone(),
+                        usage,
+                        actual_cost: actual,
+                        latency_ms: u64::try_from(self.started.elapsed().as_millis())
+                            .unwrap_or(u64::MAX),
+                        status,
+                        now_ms: now_ms(),
+                        policy: self.state.policy_for(session_id),
+                        grant: ask,
+                        accounting: self.state.free.accounting,
+                    })
+                    .await?
+            }
+            // Free: no hold; the pool absorbs what it can of the actual cost.
+            None => {
+                let absorbed = match &ask {
+                    Some(a) => {
+                        self.state
+                            .store
+                            .record_grant(
+                                &self.request_id,
+                                a,
+                                actual,
+                                &self.state.free.accounting,
+                                now_ms(),
+                            )
+                            .await?
+                    }
+                    None => Msat::ZERO,
+                };
+                if absorbed < actual {
+                    tracing::warn!(request_id = %self.request_id, cost_msat = actual.msat(), absorbed_msat = absorbed.msat(), "the pool could not absorb all of a free request");
+                }
+                Settled {
+                    charged: Msat::ZERO,
+                    absorbed,
+                    released: Msat::ZERO,
+                    balance: Msat::ZERO,
+                    state: sluice_core::SessionState::Active,
+                }
+            }
+        };
         tracing::info!(
             request_id = %self.request_id,
             input_tokens = usage.input,
             output_tokens = usage.output,
             charged_msat = s.charged.msat(),
+            absorbed_msat = s.absorbed.msat(),
             released_msat = s.released.msat(),
             status = status.as_str(),
             "request settled"
@@ -110,6 +152,10 @@ impl Meter {
     }
 
     async fn release(&self, why: &UpstreamError) {
+        let Some(session_id) = &self.session_id else {
+            tracing::warn!(request_id = %self.request_id, error = %why, "upstream failed before output; nothing was held");
+            return;
+        };
         tracing::warn!(request_id = %self.request_id, error = %why, "upstream failed before output; releasing the hold");
         if let Err(e) = self
             .state
@@ -118,7 +164,7 @@ impl Meter {
                 &self.request_id,
                 RequestStatus::Failed,
                 now_ms(),
-                &self.state.policy_for(&self.session_id),
+                &self.state.policy_for(session_id),
             )
             .await
         {
@@ -128,18 +174,34 @@ impl Meter {
 
     /// The `sluice` receipt object added to responses.
     fn receipt(&self, usage: TokenUsage, s: &Settled) -> Value {
-        json!({
+        let mut v = json!({
             "request_id": self.request_id,
             "input_tokens_estimated": self.input_estimate,
             "hold_msat": self.hold.msat(),
             "cost_msat": s.charged.msat(),
             "released_msat": s.released.msat(),
-            "balance_msat": s.balance.msat(),
             "btc_usd": sluice_core::UsdMicros(self.btc.micros()).to_decimal_string(),
             "input_tokens": usage.input,
             "output_tokens": usage.output,
             "real_money": self.state.lightning.is_real_money(),
-        })
+        });
+        if self.session_id.is_some() {
+            v["balance_msat"] = s.balance.msat().into();
+        }
+        if let Some(f) = &self.free {
+            v["free_tier"] = f.decision.as_str().into();
+            v["absorbed_msat"] = s.absorbed.msat().into();
+            v["tier"] = f.tier.as_str().into();
+        }
+        v
+    }
+
+    /// Add `free_tier` and `absorbed_msat` to a response object that used the free tier.
+    fn mark_free(&self, v: &mut Value, s: &Settled) {
+        if let Some(f) = &self.free {
+            v["free_tier"] = f.decision.as_str().into();
+            v["absorbed_msat"] = s.absorbed.msat().into();
+        }
     }
 }
 
@@ -152,7 +214,7 @@ fn usage_json(usage: TokenUsage, cost: Msat) -> Value {
     })
 }
 
-fn upstream_error(e: &UpstreamError) -> ApiError {
+pub(crate) fn upstream_error(e: &UpstreamError) -> ApiError {
     match e {
         UpstreamError::Timeout => {
             ApiError::upstream_timeout("the model's upstream timed out; nothing was charged")
@@ -179,6 +241,7 @@ fn header_value(v: impl ToString) -> HeaderValue {
 /// The handler.
 pub async fn chat_completions(
     State(state): State<AppState>,
+    identity: Option<Extension<Identity>>,
     headers: HeaderMap,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Response, ApiError> {
@@ -205,10 +268,59 @@ pub async fn chat_completions(
         _ => priced.hold.hold,
     };
     let is_l402 = payer.as_ref().is_none_or(|p| p.l402_token.is_some());
-    let hold = if is_l402 { l402_hold } else { priced.hold.hold };
+    let estimate = if is_l402 { l402_hold } else { priced.hold.hold };
+    // The free-tier decision, on the estimate, before any work.
+    let identity = identity.map(|Extension(i)| i);
+    let free = crate::free::decide(
+        &state,
+        identity.as_ref(),
+        estimate,
+        &model.name,
+        GrantKind::Chat,
+    )
+    .await?;
+    let hold = free.decision.charge(estimate);
+    let free = (free.decision.absorb() > Msat::ZERO).then_some(free);
+    let pubkey = identity.as_ref().map(|i| i.pubkey.clone());
+    let meter = |session_id: Option<String>, free: Option<crate::free::FreeDecision>| Meter {
+        state: state.clone(),
+        request_id: new_id("req"),
+        session_id,
+        free,
+        public_model: model.name.clone(),
+        rates: model.rates,
+        tokenizer: model.tokenizer,
+        btc,
+        hold,
+        input_estimate: input,
+        upstream: model.upstream.clone(),
+        started: Instant::now(),
+        class: priced.class,
+        default_max_output: model.budget.default_max_output,
+        p90_cost: priced.quote.as_ref().map(|q| q.cost_p90),
+    };
+    let call = ChatCall {
+        body: req.upstream_body(&model.upstream_model, max_out),
+        messages: req.messages.clone(),
+        max_tokens: max_out,
+    };
+    if hold == Msat::ZERO {
+        // Free: nothing to hold; the pool pays after the work.
+        let m = meter(None, free);
+        tracing::info!(request_id = %m.request_id, model = %model.name, estimate_msat = estimate.msat(), "free request");
+        return if req.stream {
+            stream_response(m, call, req.include_usage, None).await
+        } else {
+            complete_response(m, call).await
+        };
+    }
     let Some(payer) = payer else {
+        let why = match &free {
+            Some(_) => "the free tier covers part of this request; pay the rest",
+            None => "payment required",
+        };
         if state.l402.enabled {
-            return crate::l402::challenge(&state, hold, None, "payment required").await;
+            return crate::l402::challenge(&state, hold, None, pubkey, why).await;
         }
         return Err(ApiError::unauthorized(
             "missing_credential",
@@ -217,7 +329,8 @@ pub async fn chat_completions(
     };
 
     // Hold, atomically.
-    let request_id = new_id("req");
+    let meter = meter(Some(payer.session_id.clone()), free);
+    let request_id = meter.request_id.clone();
     let caps = payer
         .spend_caps
         .iter()
@@ -241,6 +354,7 @@ pub async fn chat_completions(
             stream: req.stream,
             now_ms: now,
             ttl_ms: i64::try_from(state.policy.ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
+            pubkey,
         })
         .await?;
     let balance_after_hold = match outcome {
@@ -252,6 +366,7 @@ pub async fn chat_completions(
                     &state,
                     top_up,
                     Some(token),
+                    None,
                     "this token's balance is too low",
                 )
                 .await;
@@ -302,30 +417,8 @@ pub async fn chat_completions(
         }
     };
     tracing::info!(request_id = %request_id, model = %model.name, hold_msat = hold.msat(), input_tokens = input, max_output_tokens = max_out, "hold taken");
-
-    let call = ChatCall {
-        body: req.upstream_body(&model.upstream_model, max_out),
-        messages: req.messages.clone(),
-        max_tokens: max_out,
-    };
-    let meter = Meter {
-        state: state.clone(),
-        request_id: request_id.clone(),
-        session_id: payer.session_id.clone(),
-        public_model: model.name.clone(),
-        rates: model.rates,
-        tokenizer: model.tokenizer,
-        btc,
-        hold,
-        input_estimate: input,
-        upstream: model.upstream.clone(),
-        started: Instant::now(),
-        class: priced.class,
-        default_max_output: model.budget.default_max_output,
-        p90_cost: priced.quote.as_ref().map(|q| q.cost_p90),
-    };
     if req.stream {
-        stream_response(meter, call, req.include_usage, balance_after_hold).await
+        stream_response(meter, call, req.include_usage, Some(balance_after_hold)).await
     } else {
         complete_response(meter, call).await
     }
@@ -351,17 +444,33 @@ async fn complete_response(meter: Meter, call: ChatCall) -> Result<Response, Api
                     resp["model"] = Value::String(meter.public_model.clone());
                     resp["usage"] = usage_json(usage, s.charged);
                     resp["sluice"] = meter.receipt(usage, &s);
-                    Ok((resp, s, meter.request_id.clone()))
+                    meter.mark_free(&mut resp, &s);
+                    Ok((
+                        resp,
+                        s,
+                        meter.request_id.clone(),
+                        meter.session_id.is_some(),
+                    ))
                 }
             }
         }
         .instrument(tracing::Span::current()),
     );
-    let (resp, s, request_id) = handle.await.map_err(|e| ApiError::internal(&e))??;
+    let (resp, s, request_id, paid) = handle.await.map_err(|e| ApiError::internal(&e))??;
+    let free_tier = resp
+        .get("free_tier")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     let mut r = (StatusCode::OK, Json(resp)).into_response();
     let h = r.headers_mut();
     h.insert("x-sluice-cost-msat", header_value(s.charged.msat()));
-    h.insert("x-sluice-balance-msat", header_value(s.balance.msat()));
+    if paid {
+        h.insert("x-sluice-balance-msat", header_value(s.balance.msat()));
+    }
+    if let Some(f) = free_tier {
+        h.insert("x-sluice-free-tier", header_value(f));
+        h.insert("x-sluice-absorbed-msat", header_value(s.absorbed.msat()));
+    }
     h.insert("x-sluice-request-id", header_value(request_id));
     Ok(r)
 }
@@ -374,7 +483,7 @@ async fn stream_response(
     meter: Meter,
     call: ChatCall,
     include_usage: bool,
-    balance_after_hold: Msat,
+    balance_after_hold: Option<Msat>,
 ) -> Result<Response, ApiError> {
     let upstream = match meter.upstream.stream(call).await {
         Ok(s) => s,
@@ -386,6 +495,7 @@ async fn stream_response(
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     let request_id = meter.request_id.clone();
     let hold = meter.hold;
+    let free_tier = meter.free.as_ref().map(|f| f.decision.as_str());
     meter
         .state
         .tasks
@@ -403,10 +513,12 @@ async fn stream_response(
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-sluice-request-id", header_value(request_id));
     h.insert("x-sluice-hold-msat", header_value(hold.msat()));
-    h.insert(
-        "x-sluice-balance-msat",
-        header_value(balance_after_hold.msat()),
-    );
+    if let Some(b) = balance_after_hold {
+        h.insert("x-sluice-balance-msat", header_value(b.msat()));
+    }
+    if let Some(f) = free_tier {
+        h.insert("x-sluice-free-tier", header_value(f));
+    }
     Ok(r)
 }
 
@@ -507,6 +619,7 @@ async fn pump(
     let mut final_chunk = final_chunk;
     final_chunk["usage"] = usage_json(usage, settled.charged);
     final_chunk["sluice"] = meter.receipt(usage, &settled);
+    meter.mark_free(&mut final_chunk, &settled);
     if let Some(e) = &failure {
         tracing::warn!(request_id = %meter.request_id, error = %e, "upstream failed mid-stream; charged for what was generated");
         let err = ApiError::upstream(

@@ -64,6 +64,14 @@ pub struct Config {
     pub l402: L402Config,
     /// Two-phase jobs and refunds.
     pub jobs: JobsConfig,
+    /// Nostr identity: login challenges, identity tokens, NIP-98.
+    pub identity: IdentityConfig,
+    /// Trust scores and tiers.
+    pub trust: TrustConfig,
+    /// The free tier and its generosity pool.
+    pub free_tier: FreeTierConfig,
+    /// The unpaid demo endpoint.
+    pub demo: DemoConfig,
     /// Models for sale. Empty: the bundled local model.
     pub models: Vec<ModelConfig>,
 }
@@ -289,6 +297,163 @@ impl Default for JobsConfig {
             max_request_chars: 500,
             refund_expiry_secs: 7 * 86_400,
             dust_msat: 1_000,
+        }
+    }
+}
+
+/// `[identity]`: identity by Nostr key, no accounts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// Seconds a login challenge can be answered.
+    pub challenge_ttl_secs: u64,
+    /// Seconds an identity token is valid.
+    pub token_ttl_secs: u64,
+    /// How far (seconds, either way) a signed event's `created_at` may be from now:
+    /// NIP-98 headers, login and vouch events.
+    pub event_window_secs: u64,
+    /// Most keys one elite identity may vouch for.
+    pub max_vouches: u32,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        IdentityConfig {
+            challenge_ttl_secs: 300,
+            token_ttl_secs: 30 * 86_400,
+            event_window_secs: 60,
+            max_vouches: 5,
+        }
+    }
+}
+
+/// `[trust]`: how scores are earned and lost, and the tier thresholds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrustConfig {
+    /// Score to be `established`.
+    pub established: u64,
+    /// Score to be `trusted`.
+    pub trusted: u64,
+    /// Score to be `elite`.
+    pub elite: u64,
+    /// Points per paid interaction.
+    pub points_per_paid: u64,
+    /// One more point per this many sats paid in an interaction.
+    pub sats_per_point: u64,
+    /// At most this many points per interaction.
+    pub max_points_per_interaction: u64,
+    /// Points lost per rejected or failed job.
+    pub failure_penalty: u64,
+    /// Points a voucher loses when its vouchee fails.
+    pub vouch_penalty: u64,
+    /// Days of absence before the score decays; each further such period decays it again.
+    pub decay_after_days: u32,
+    /// Percent lost per decay period.
+    pub decay_pct: u32,
+}
+
+impl Default for TrustConfig {
+    fn default() -> Self {
+        let r = sluice_core::TrustRules::default();
+        TrustConfig {
+            established: r.established,
+            trusted: r.trusted,
+            elite: r.elite,
+            points_per_paid: r.points_per_paid,
+            sats_per_point: r.sats_per_point,
+            max_points_per_interaction: r.max_points_per_interaction,
+            failure_penalty: r.failure_penalty,
+            vouch_penalty: r.vouch_penalty,
+            decay_after_days: r.decay_after_days,
+            decay_pct: r.decay_pct,
+        }
+    }
+}
+
+impl TrustConfig {
+    /// The core's rules.
+    pub fn rules(&self) -> sluice_core::TrustRules {
+        sluice_core::TrustRules {
+            established: self.established,
+            trusted: self.trusted,
+            elite: self.elite,
+            points_per_paid: self.points_per_paid,
+            sats_per_point: self.sats_per_point,
+            max_points_per_interaction: self.max_points_per_interaction,
+            failure_penalty: self.failure_penalty,
+            vouch_penalty: self.vouch_penalty,
+            decay_after_days: self.decay_after_days,
+            decay_pct: self.decay_pct,
+        }
+    }
+}
+
+/// `[free_tier]`: free answers paid from a generosity pool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FreeTierConfig {
+    /// Give free or partly free answers to identities with an allowance.
+    pub enabled: bool,
+    /// The pool's seed, sats, put in once on the first start.
+    pub pool_seed_sats: u64,
+    /// Percent of every paid charge credited to the pool.
+    pub pool_credit_pct: u32,
+    /// Daily allowance of `new` identities, sats.
+    pub allowance_new_sats: u64,
+    /// Daily allowance of `established` identities, sats.
+    pub allowance_established_sats: u64,
+    /// Daily allowance of `trusted` identities, sats.
+    pub allowance_trusted_sats: u64,
+    /// Daily allowance of `elite` identities, sats.
+    pub allowance_elite_sats: u64,
+}
+
+impl Default for FreeTierConfig {
+    fn default() -> Self {
+        FreeTierConfig {
+            enabled: true,
+            pool_seed_sats: 10_000,
+            pool_credit_pct: 10,
+            allowance_new_sats: 0,
+            allowance_established_sats: 50,
+            allowance_trusted_sats: 200,
+            allowance_elite_sats: 1_000,
+        }
+    }
+}
+
+impl FreeTierConfig {
+    /// The core's allowances.
+    pub fn allowances(&self) -> Result<sluice_core::Allowances, sluice_core::AmountError> {
+        Ok(sluice_core::Allowances {
+            new: sluice_core::Msat::from_sats(self.allowance_new_sats)?,
+            established: sluice_core::Msat::from_sats(self.allowance_established_sats)?,
+            trusted: sluice_core::Msat::from_sats(self.allowance_trusted_sats)?,
+            elite: sluice_core::Msat::from_sats(self.allowance_elite_sats)?,
+        })
+    }
+}
+
+/// `[demo]`: `GET /v1/demo?request=...`, answered without payment from the
+/// cheapest model and paid from the generosity pool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DemoConfig {
+    /// Serve the demo endpoint.
+    pub enabled: bool,
+    /// Demo answers per client IP per hour.
+    pub per_hour: u32,
+    /// Output tokens per demo answer.
+    pub max_tokens: u64,
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        DemoConfig {
+            enabled: true,
+            per_hour: 5,
+            max_tokens: 128,
         }
     }
 }

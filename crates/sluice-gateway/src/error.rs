@@ -37,6 +37,11 @@ impl ApiError {
         }
     }
 
+    /// 409: the request conflicts with what is already recorded.
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "invalid_request_error", code, message)
+    }
+
     /// 400 with a code.
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(

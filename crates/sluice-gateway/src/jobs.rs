@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use axum::{
-    Json,
+    Extension, Json,
     extract::{Path, Query, State, rejection::JsonRejection},
     http::StatusCode,
     response::{IntoResponse, Response},
@@ -24,7 +24,7 @@ use sluice_core::{
     BtcUsd, JobError, JobState, Msat, RefundEvent, RestartAction, TokenUsage, UsdMicros,
     charge_for, job::validate_request, on_restart, output_budget,
 };
-use sluice_store::{Evaluation, JobInvoice, JobRow, NewJob, StoreError, WorkOutcome};
+use sluice_store::{Evaluation, GrantKind, JobInvoice, JobRow, NewJob, StoreError, WorkOutcome};
 
 use crate::{
     error::ApiError,
@@ -101,14 +101,12 @@ pub struct CreateJob {
 /// `POST /v1/jobs`: a job and its evaluation invoice.
 pub async fn create(
     State(state): State<AppState>,
+    identity: Option<Extension<crate::identity::Identity>>,
     body: Result<Json<CreateJob>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let models = jobs(&state)?.clone();
     let Json(b) = body?;
-    validate_request(b.request.as_deref(), state.jobs.max_request_chars).map_err(|e| match e {
-        JobError::RequestTooLong { .. } => ApiError::bad_request("request_too_long", e.to_string()),
-        other => ApiError::bad_request("request_missing", other.to_string()),
-    })?;
+    check_request(&state, b.request.as_deref(), "")?;
     let request = b.request.unwrap_or_default();
     let fee = Msat::from_sats(state.jobs.eval_fee_sats).map_err(|e| ApiError::internal(&e))?;
     let inv = state
@@ -127,15 +125,34 @@ pub async fn create(
             work_model: models.work,
             eval_invoice: eval_invoice.clone(),
             created_at_ms: now_ms(),
+            pubkey: crate::identity::pubkey_of(&identity),
         })
         .await?;
     tracing::info!(job_id = %id, "job created");
-    let body = json!({
+    let mut body = json!({
         "job_id": id,
         "state": JobState::AwaitingEvalPayment.as_str(),
         "eval_invoice": invoice_json(&state, &eval_invoice),
     });
+    if let Some(Extension(i)) = &identity {
+        let s = crate::free::standing(&state, &i.pubkey, now_ms()).await?;
+        body["pubkey"] = i.pubkey.clone().into();
+        body["trust_tier"] = s.tier.as_str().into();
+    }
     Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// Check a job's or demo's request text against `jobs.max_request_chars`,
+/// with distinct errors for missing and too long; `hint` ends the missing one.
+pub(crate) fn check_request(
+    state: &AppState,
+    text: Option<&str>,
+    hint: &str,
+) -> Result<(), ApiError> {
+    validate_request(text, state.jobs.max_request_chars).map_err(|e| match e {
+        JobError::RequestTooLong { .. } => ApiError::bad_request("request_too_long", e.to_string()),
+        other => ApiError::bad_request("request_missing", format!("{other}{hint}")),
+    })
 }
 
 /// `?wait=N`: long-poll up to N seconds (at most 60) for the state to change.
@@ -195,6 +212,14 @@ async fn job_json(state: &AppState, job: &JobRow) -> Result<Value, ApiError> {
     }
     if let Some(r) = &job.result {
         v["result"] = Value::String(r.clone());
+    }
+    if let Some(p) = &job.pubkey {
+        v["pubkey"] = p.clone().into();
+    }
+    if let Some(f) = &job.free_tier {
+        v["free_tier"] = f.clone().into();
+        v["absorb_cap_msat"] = job.absorb_cap.map(Msat::msat).into();
+        v["absorbed_msat"] = job.absorbed.map(Msat::msat).into();
     }
     v["cost"] = json!({
         "eval_fee_msat": job.eval_invoice.amount.msat(),
@@ -342,10 +367,21 @@ pub async fn evaluate(state: &AppState, id: &str) {
     };
     match state
         .store
-        .job_evaluated(id, &outcome, now_ms(), refund_expiry(state), dust(state))
+        .job_evaluated(
+            id,
+            &outcome,
+            &state.free.accounting,
+            now_ms(),
+            refund_expiry(state),
+            dust(state),
+        )
         .await
     {
-        Ok(j) => tracing::info!(job_id = %id, state = j.state.as_str(), "job evaluated"),
+        Ok(j) => {
+            tracing::info!(job_id = %id, state = j.state.as_str(), "job evaluated");
+            // A free job has no work invoice: its work starts now.
+            spawn_phase(state, j.id.clone(), j.state);
+        }
         Err(StoreError::Conflict(_)) => {} // another process recorded it first
         Err(e) => tracing::error!(job_id = %id, error = %e, "could not record an evaluation"),
     }
@@ -365,6 +401,29 @@ async fn quote_work(state: &AppState, job: &JobRow) -> Result<Evaluation, String
         None => (p.hold.hold, p.max_out),
     };
     let amount = Msat::from_sats(amount.to_sats_ceil().max(1)).map_err(|e| e.to_string())?;
+    // The free-tier decision, on the quote, before the work invoice.
+    let free = match &job.pubkey {
+        Some(pk) => Some(
+            crate::free::decide_for_pubkey(state, pk, amount, &job.work_model, GrantKind::Job)
+                .await
+                .map_err(|e| e.message)?,
+        ),
+        None => None,
+    };
+    let ask = free.and_then(|f| f.ask);
+    let charge = amount.saturating_sub(ask.as_ref().map_or(Msat::ZERO, |a| a.cap));
+    if let Some(grant) = ask.clone()
+        && charge == Msat::ZERO
+    {
+        return Ok(Evaluation::AcceptedFree {
+            grant,
+            btc_usd_micros: p.btc.micros(),
+            est_input_tokens: p.input,
+            est_output_tokens: est_out,
+        });
+    }
+    // A partial decision invoices the payer's part, in whole sats (at least 1).
+    let amount = Msat::from_sats(charge.to_sats_ceil().max(1)).map_err(|e| e.to_string())?;
     let inv = state
         .lightning
         .create_invoice(amount, "sluice job work", state.invoice_expiry)
@@ -372,6 +431,7 @@ async fn quote_work(state: &AppState, job: &JobRow) -> Result<Evaluation, String
         .map_err(|e| format!("could not create the work invoice: {e}"))?;
     Ok(Evaluation::Accepted {
         work_invoice: invoice_of(&inv),
+        grant: ask,
         btc_usd_micros: p.btc.micros(),
         est_input_tokens: p.input,
         est_output_tokens: est_out,
@@ -394,7 +454,14 @@ pub async fn execute(state: &AppState, id: &str) {
         .unwrap_or_else(|reason| WorkOutcome::Failed { reason });
     match state
         .store
-        .job_finished(id, &outcome, now_ms(), refund_expiry(state), dust(state))
+        .job_finished(
+            id,
+            &outcome,
+            &state.free.accounting,
+            now_ms(),
+            refund_expiry(state),
+            dust(state),
+        )
         .await
     {
         Ok(j) => tracing::info!(job_id = %id, state = j.state.as_str(), "job finished"),
@@ -472,6 +539,7 @@ pub async fn resume_at_start(state: &AppState) {
                     .job_finished(
                         &job.id,
                         &failed,
+                        &state.free.accounting,
                         now_ms(),
                         refund_expiry(state),
                         dust(state),

@@ -56,11 +56,13 @@ fn unix(now_ms: i64) -> u64 {
     u64::try_from(now_ms / 1000).unwrap_or(0)
 }
 
-/// Issue a 402 challenge for `amount`: a new token, or a top-up of `token`.
+/// Issue a 402 challenge for `amount`: a new token (bound to `pubkey`, the
+/// identity presented, if any), or a top-up of `token`.
 pub async fn challenge(
     state: &AppState,
     amount: Msat,
     token: Option<[u8; 32]>,
+    pubkey: Option<String>,
     why: &str,
 ) -> Result<Response, ApiError> {
     let sats = amount.to_sats_ceil().max(1);
@@ -83,6 +85,7 @@ pub async fn challenge(
                         id: session_id.clone(),
                         created_at_ms: now,
                         expires_at_ms: ms(inv.expires_at),
+                        pubkey,
                     },
                     &row,
                 )

@@ -12,6 +12,8 @@ pub mod chat;
 pub mod config;
 pub mod error;
 pub mod estimates;
+pub mod free;
+pub mod identity;
 pub mod jobs;
 pub mod l402;
 pub mod oracle;

@@ -105,6 +105,7 @@ pub async fn price<'a>(state: &'a AppState, req: &ChatBody) -> Result<Priced<'a>
 /// `POST /v1/estimate`: what a chat request would cost, without paying.
 pub async fn estimate(
     State(state): State<AppState>,
+    identity: Option<axum::Extension<crate::identity::Identity>>,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Json(v) = body?;
@@ -126,7 +127,22 @@ pub async fn estimate(
             0,
         ),
     };
+    let free_tier = match identity {
+        Some(axum::Extension(id)) => {
+            let f = crate::free::decide(
+                &state,
+                Some(&id),
+                p.hold.hold,
+                &p.model.name,
+                sluice_store::GrantKind::Chat,
+            )
+            .await?;
+            f.json(p.hold.hold)
+        }
+        None => Value::Null,
+    };
     Ok(Json(json!({
+        "free_tier": free_tier,
         "model": p.model.name,
         "request_class": p.class.as_str(),
         "input_tokens": p.input,

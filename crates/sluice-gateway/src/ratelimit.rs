@@ -61,13 +61,16 @@ impl RateLimiter {
     }
 }
 
-/// Middleware applying the limiter only to requests without credentials (an
-/// unauthenticated paid request creates an L402 invoice and token).
+/// Middleware applying the limiter only to requests without payment
+/// credentials (an unauthenticated paid request creates an L402 invoice and
+/// token). A Nostr identity is not a payment credential: anyone can make keys.
 pub async fn limit_anonymous(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if req
+    let paying = req
         .headers()
-        .contains_key(axum::http::header::AUTHORIZATION)
-    {
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| !crate::identity::is_nostr_auth(v));
+    if paying {
         return next.run(req).await;
     }
     limit(State(state), req, next).await

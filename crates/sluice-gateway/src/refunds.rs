@@ -39,20 +39,11 @@ pub struct ClaimBody {
     pub invoice: String,
 }
 
-fn conflict(code: &'static str, message: String) -> ApiError {
-    ApiError {
-        status: StatusCode::CONFLICT,
-        kind: "invalid_request_error",
-        code,
-        message,
-    }
-}
-
 fn refund_error(e: RefundError) -> ApiError {
     match e {
         RefundError::WrongAmount { .. } => ApiError::bad_request("wrong_amount", e.to_string()),
         RefundError::AlreadyClaimed { .. } | RefundError::PayoutInFlight { .. } => {
-            conflict("refund_already_claimed", e.to_string())
+            ApiError::conflict("refund_already_claimed", e.to_string())
         }
         RefundError::Expired { .. } => ApiError {
             status: StatusCode::GONE,
@@ -206,7 +197,7 @@ async fn close(state: &AppState, session_id: &str) -> Result<Option<RefundRow>, 
         .await
     {
         Ok(r) => Ok(r),
-        Err(StoreError::Conflict(m)) => Err(conflict("cannot_close", m)),
+        Err(StoreError::Conflict(m)) => Err(ApiError::conflict("cannot_close", m)),
         Err(StoreError::NotFound) => {
             Err(ApiError::not_found("session_not_found", "no such session"))
         }

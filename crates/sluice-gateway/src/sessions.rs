@@ -101,6 +101,7 @@ pub(crate) fn invoice_row(
 /// `POST /v1/sessions`
 pub async fn create(
     State(state): State<AppState>,
+    identity: Option<axum::Extension<crate::identity::Identity>>,
     body: Result<Json<AmountBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let sats = parse_amount(body)?;
@@ -114,6 +115,7 @@ pub async fn create(
                 id: id.clone(),
                 created_at_ms: now,
                 expires_at_ms: ms(inv.expires_at),
+                pubkey: crate::identity::pubkey_of(&identity),
             },
             &invoice_row(&inv, InvoicePurpose::Deposit, &id, now),
         )
@@ -126,13 +128,16 @@ pub async fn create(
         .map_err(|e| ApiError::internal(&e))?
         .to_base64();
     tracing::info!(session_id = %id, amount_sats = sats, "session created");
-    let body = json!({
+    let mut body = json!({
         "session_id": id,
         "macaroon": mac,
         "state": "awaiting_payment",
         "credential_expires_at": expires,
         "invoice": invoice_json(&state, &inv),
     });
+    if let Some(p) = crate::identity::pubkey_of(&identity) {
+        body["pubkey"] = p.into();
+    }
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 

@@ -72,6 +72,18 @@ pub struct AppState {
     pub jobs: crate::config::JobsConfig,
     /// The evaluation and work models, when jobs are enabled.
     pub job_models: Option<crate::jobs::JobModels>,
+    /// Free-tier settings.
+    pub free: crate::free::FreeTier,
+    /// Identity settings.
+    pub identity: crate::config::IdentityConfig,
+    /// Demo endpoint settings.
+    pub demo: crate::config::DemoConfig,
+    /// Per-IP hourly limiter of the demo endpoint.
+    pub demo_limiter: Arc<RateLimiter>,
+    /// The gateway's public base URL, if configured (NIP-98 URLs are checked against it).
+    pub public_url: Option<String>,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
 }
 
 impl AppState {

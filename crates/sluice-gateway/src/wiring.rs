@@ -365,6 +365,12 @@ pub async fn build_state_with_store(
         crate::tokens::warm(m.tokenizer);
     }
     let root_secret = store.secret("macaroon_root", rand::random()).await?;
+    let free = free_tier_of(cfg)?;
+    let seed = Msat::from_sats(cfg.free_tier.pool_seed_sats)
+        .map_err(|e| BuildError::Config(format!("free_tier.pool_seed_sats: {e}")))?;
+    if seed > Msat::ZERO && store.seed_pool(seed, crate::state::now_ms()).await? {
+        tracing::info!(sats = seed.to_sats_floor(), "generosity pool seeded");
+    }
     Ok(AppState {
         store,
         lightning,
@@ -389,5 +395,39 @@ pub async fn build_state_with_store(
         estimates: Arc::default(),
         job_models: job_models_of(cfg, &models_for_jobs)?,
         jobs: cfg.jobs.clone(),
+        free,
+        identity: cfg.identity.clone(),
+        demo: cfg.demo.clone(),
+        demo_limiter: Arc::new(RateLimiter::new(
+            cfg.demo.per_hour,
+            Duration::from_secs(3600),
+        )),
+        public_url: cfg.server.public_url.clone(),
+        max_body_bytes: cfg.server.max_body_bytes,
+    })
+}
+
+/// The free-tier settings of a configuration, checked.
+pub fn free_tier_of(cfg: &Config) -> Result<crate::free::FreeTier, BuildError> {
+    let trust = cfg.trust.rules();
+    trust
+        .validate()
+        .map_err(|e| BuildError::Config(format!("trust: {e}")))?;
+    let f = &cfg.free_tier;
+    if f.pool_credit_pct > 100 {
+        return Err(BuildError::Config(format!(
+            "free_tier.pool_credit_pct must be between 0 and 100, not {}",
+            f.pool_credit_pct
+        )));
+    }
+    Ok(crate::free::FreeTier {
+        enabled: f.enabled,
+        allowances: f
+            .allowances()
+            .map_err(|e| BuildError::Config(format!("free_tier allowances: {e}")))?,
+        accounting: sluice_store::Accounting {
+            pool_credit_pct: f.pool_credit_pct,
+            trust,
+        },
     })
 }

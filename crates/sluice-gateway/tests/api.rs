@@ -6,7 +6,9 @@
 mod api {
     mod estimates;
     mod failures;
+    mod free_tier;
     pub mod helpers;
+    mod identity;
     mod jobs;
     mod l402;
     mod lnbits;

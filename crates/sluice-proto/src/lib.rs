@@ -1,5 +1,8 @@
-//! sluice's wire formats: macaroons (libmacaroons-compatible), the session
-//! credential, and L402 as deployed by Aperture.
+//! sluice's wire formats: macaroons (libmacaroons-compatible), the session and identity
+//! credentials, L402 as deployed by Aperture, and the Nostr formats used for identity.
 
 pub mod l402;
 pub mod macaroon;
+pub mod nostr;
+
+pub use nostr::{Event as NostrEvent, Keys as NostrKeys, NostrError};

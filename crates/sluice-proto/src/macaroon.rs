@@ -20,7 +20,8 @@
 //! Aperture sends it. V1 (base64url text packets) can be decoded for interoperability and
 //! test vectors, but is never produced.
 //!
-//! The sluice session credential built on top lives in [`session`].
+//! The sluice session credential built on top lives in [`session`], the identity token
+//! (a Nostr pubkey the server has authenticated) in [`identity`].
 
 use base64::Engine as _;
 use base64::alphabet;
@@ -30,8 +31,13 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+pub mod identity;
 pub mod session;
 
+pub use identity::{
+    IDENTITY_LOCATION, IdentityClaims, IdentityIdentifier, identity_root_key, mint_identity_token,
+    verify_identity_token,
+};
 pub use session::{
     SESSION_LOCATION, SessionCaveat, SessionClaims, SessionIdentifier, SpendCap, expires_caveat,
     max_spend_caveat, mint_session_macaroon, models_caveat, session_id_of, session_root_key,
@@ -130,6 +136,19 @@ pub enum MacaroonError {
         /// The session in the identifier.
         expected: String,
         /// The session in the caveat, quoted and truncated.
+        found: String,
+    },
+    /// A pubkey handed to the identity-token minting function is not a valid Nostr key.
+    #[error("pubkey must be 64 hex characters (or an npub) naming a secp256k1 x-only key")]
+    InvalidPubkey,
+    /// A `pubkey` caveat names another key than the identity token's identifier.
+    #[error(
+        "macaroon caveat names pubkey {found}, but the macaroon was issued for pubkey {expected}"
+    )]
+    PubkeyMismatch {
+        /// The pubkey in the identifier (lowercase hex).
+        expected: String,
+        /// The pubkey in the caveat, quoted and truncated.
         found: String,
     },
     /// A caveat every credential of this kind must carry is absent.

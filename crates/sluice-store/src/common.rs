@@ -8,11 +8,13 @@
 //! `begin_read`: SQLite takes the write lock up front (`BEGIN IMMEDIATE`),
 //! PostgreSQL relies on row locks taken by conditional `UPDATE`s.
 
-use sluice_core::{AmountError, JobState, Msat, Refund, RefundState, SessionPolicy, SessionState};
+use sluice_core::{
+    AmountError, JobState, Msat, Refund, RefundState, SessionPolicy, SessionState, Tier,
+};
 
 use crate::{
-    DevInvoiceRow, InvoicePurpose, InvoiceRow, InvoiceState, JobInvoice, JobRow, RefundRow,
-    RequestRow, RequestStatus, SessionRow, SpendCap, StoreError,
+    DevInvoiceRow, GrantKind, GrantRow, IdentityRow, InvoicePurpose, InvoiceRow, InvoiceState,
+    JobInvoice, JobRow, RefundRow, RequestRow, RequestStatus, SessionRow, SpendCap, StoreError,
 };
 
 /// Attempts of a hold whose conditional update failed although a re-read says
@@ -207,7 +209,7 @@ macro_rules! request_columns {
     () => {
         "r.id, r.session_id, r.model, r.est_input_tokens, r.max_output_tokens, r.hold_msat, r.btc_usd_micros, \
          r.input_tokens, r.output_tokens, r.charged_msat, r.uncharged_msat, r.latency_ms, r.status, r.stream, \
-         r.instance_id, r.created_at, r.finished_at"
+         r.instance_id, r.pubkey, r.absorbed_msat, r.created_at, r.finished_at"
     };
 }
 pub(crate) use request_columns;
@@ -230,6 +232,8 @@ pub(crate) struct RequestRaw {
     status: String,
     stream: bool,
     instance_id: String,
+    pubkey: Option<String>,
+    absorbed_msat: Option<i64>,
     created_at: i64,
     finished_at: Option<i64>,
 }
@@ -254,6 +258,8 @@ impl TryFrom<RequestRaw> for RequestRow {
             status: RequestStatus::parse(&r.status).ok_or_else(|| corrupt("request status"))?,
             stream: r.stream,
             instance_id: r.instance_id,
+            pubkey: r.pubkey,
+            absorbed: r.absorbed_msat.map(msat).transpose()?,
             created_at_ms: r.created_at,
             finished_at_ms: r.finished_at,
         })
@@ -291,7 +297,7 @@ macro_rules! job_columns {
         "id, state, request, eval_model, work_model, eval_hash, eval_bolt11, eval_amount_msat, eval_expires_at, \
          work_hash, work_bolt11, work_amount_msat, work_expires_at, reason, result, work_btc_usd_micros, \
          est_input_tokens, est_output_tokens, input_tokens, output_tokens, work_charged_msat, refund_id, attempts, \
-         created_at, updated_at"
+         pubkey, free_tier, absorb_cap_msat, absorbed_msat, created_at, updated_at"
     };
 }
 pub(crate) use job_columns;
@@ -322,6 +328,10 @@ pub(crate) struct JobRaw {
     work_charged_msat: Option<i64>,
     refund_id: Option<String>,
     attempts: i64,
+    pubkey: Option<String>,
+    free_tier: Option<String>,
+    absorb_cap_msat: Option<i64>,
+    absorbed_msat: Option<i64>,
     created_at: i64,
     updated_at: i64,
 }
@@ -370,10 +380,100 @@ impl TryFrom<JobRaw> for JobRow {
             work_charged: r.work_charged_msat.map(msat).transpose()?,
             refund_id: r.refund_id,
             attempts: u32::try_from(r.attempts).map_err(|_| corrupt("attempts"))?,
+            pubkey: r.pubkey,
+            free_tier: r.free_tier,
+            absorb_cap: r.absorb_cap_msat.map(msat).transpose()?,
+            absorbed: r.absorbed_msat.map(msat).transpose()?,
             created_at_ms: r.created_at,
             updated_at_ms: r.updated_at,
         })
     }
+}
+
+/// Identity columns, in [`IdentityRaw`] order.
+macro_rules! identity_columns {
+    () => {
+        "pubkey, score, successes, failures, paid_msat, absorbed_msat, absorbed_today_msat, absorbed_day, \
+         first_seen, last_seen"
+    };
+}
+pub(crate) use identity_columns;
+
+/// An `identities` row as read.
+#[derive(sqlx::FromRow)]
+pub(crate) struct IdentityRaw {
+    pubkey: String,
+    score: i64,
+    successes: i64,
+    failures: i64,
+    paid_msat: i64,
+    absorbed_msat: i64,
+    absorbed_today_msat: i64,
+    absorbed_day: i64,
+    first_seen: i64,
+    last_seen: i64,
+}
+
+impl TryFrom<IdentityRaw> for IdentityRow {
+    type Error = StoreError;
+    fn try_from(r: IdentityRaw) -> Result<Self, StoreError> {
+        Ok(IdentityRow {
+            pubkey: r.pubkey,
+            score: from_i64(r.score, "score")?,
+            successes: from_i64(r.successes, "successes")?,
+            failures: from_i64(r.failures, "failures")?,
+            paid: msat(r.paid_msat)?,
+            absorbed: msat(r.absorbed_msat)?,
+            absorbed_today: msat(r.absorbed_today_msat)?,
+            absorbed_day: r.absorbed_day,
+            first_seen_ms: r.first_seen,
+            last_seen_ms: r.last_seen,
+        })
+    }
+}
+
+/// Grant columns, in [`GrantRaw`] order.
+macro_rules! grant_columns {
+    () => {
+        "id, kind, pubkey, tier, model, requested_msat, absorbed_msat, day, created_at"
+    };
+}
+pub(crate) use grant_columns;
+
+/// A `free_grants` row as read.
+#[derive(sqlx::FromRow)]
+pub(crate) struct GrantRaw {
+    id: String,
+    kind: String,
+    pubkey: Option<String>,
+    tier: String,
+    model: String,
+    requested_msat: i64,
+    absorbed_msat: i64,
+    day: i64,
+    created_at: i64,
+}
+
+impl TryFrom<GrantRaw> for GrantRow {
+    type Error = StoreError;
+    fn try_from(r: GrantRaw) -> Result<Self, StoreError> {
+        Ok(GrantRow {
+            id: r.id,
+            kind: GrantKind::parse(&r.kind).ok_or_else(|| corrupt("grant kind"))?,
+            pubkey: r.pubkey,
+            tier: Tier::parse(&r.tier).ok_or_else(|| corrupt("grant tier"))?,
+            model: r.model,
+            requested: msat(r.requested_msat)?,
+            absorbed: msat(r.absorbed_msat)?,
+            day: r.day,
+            created_at_ms: r.created_at,
+        })
+    }
+}
+
+/// A stored tier name.
+pub(crate) fn parse_tier(s: &str) -> Result<Tier, StoreError> {
+    Tier::parse(s).ok_or_else(|| corrupt("tier"))
 }
 
 /// The refund id of a job: one per job, since a job owes at most one refund
@@ -509,19 +609,204 @@ pub(crate) enum Finish<'a> {
 macro_rules! store_impl {
     ($store:ty, $conn:ty, $dialect:literal) => {
         use $crate::common::{
-            Finish, HOLD_ATTEMPTS, Offer, PhaseSettle, cap_keys_json, expiry, expiry_ms, invoice_columns, job_columns,
-            job_conflict, job_refund_id, msat, new_id, normalise_caps, parse_cap_keys, parse_secret, parse_state,
-            refund_columns, refund_event_time, request_columns, session_columns, to_i64,
+            Finish, HOLD_ATTEMPTS, Offer, PhaseSettle, cap_keys_json, expiry, expiry_ms, grant_columns,
+            identity_columns, invoice_columns, job_columns, job_conflict, job_refund_id, msat, new_id, normalise_caps,
+            parse_cap_keys, parse_secret, parse_state, parse_tier, refund_columns, refund_event_time, request_columns,
+            session_columns, to_i64,
         };
         use $crate::{
-            Credit, DevInvoiceRow, Evaluation, HoldOutcome, InvoiceRow, JobRow, LedgerReport, NewHold, NewInvoice,
-            NewJob, NewSession, PendingJobInvoice, RefundEventError, RefundRow, RequestRow, RequestStatus, SessionRow,
-            SettleRequest, Settled, Store, StoreError, WorkOutcome,
+            Accounting, ChallengeUse, Credit, DevInvoiceRow, Evaluation, GrantAsk, GrantKind, GrantRow, HoldOutcome,
+            IdentityRow, InvoiceRow, JobRow, LedgerReport, NewHold, NewInvoice, NewJob, NewSession, NewVouch,
+            PendingJobInvoice, PoolStatus, RefundEventError, RefundRow, RequestRow, RequestStatus, SessionRow,
+            SettleRequest, Settled, Store, StoreError, VouchOutcome, WorkOutcome,
         };
         use sluice_core::{
-            JobEvent, JobPhase, JobState, Msat, Posting, Refund, RefundEvent, SessionPolicy, SessionState,
-            effective_state,
+            Account, Interaction, JobEvent, JobPhase, JobState, Msat, Posting, Refund, RefundEvent, SessionPolicy,
+            SessionState, TrustRules, day_of, effective_state, remaining_allowance,
         };
+
+        /// Lock the pool row (a no-op update: a row lock held to the end of the
+        /// transaction on PostgreSQL) and read its balance.
+        async fn lock_pool(conn: &mut $conn) -> Result<Msat, StoreError> {
+            let balance: Option<i64> = sqlx::query_scalar(
+                "UPDATE pool SET balance_msat = balance_msat WHERE id = 'generosity' RETURNING balance_msat",
+            )
+            .fetch_optional(&mut *conn)
+            .await?;
+            msat(balance.ok_or_else(|| StoreError::Database("the pool row is missing".to_owned()))?)
+        }
+
+        /// Lock an identity, creating it (score 0, first and last seen now) when absent.
+        async fn lock_identity(conn: &mut $conn, pubkey: &str, now_ms: i64) -> Result<IdentityRow, StoreError> {
+            sqlx::query(
+                "INSERT INTO identities (pubkey, first_seen, last_seen) VALUES ($1, $2, $2) \
+                 ON CONFLICT (pubkey) DO NOTHING",
+            )
+            .bind(pubkey)
+            .bind(now_ms)
+            .execute(&mut *conn)
+            .await?;
+            let raw: $crate::common::IdentityRaw = sqlx::query_as(concat!(
+                "UPDATE identities SET last_seen = last_seen WHERE pubkey = $1 RETURNING ",
+                identity_columns!()
+            ))
+            .bind(pubkey)
+            .fetch_one(&mut *conn)
+            .await?;
+            IdentityRow::try_from(raw)
+        }
+
+        /// Apply one interaction to an identity (created if absent): lazy decay, then
+        /// the interaction's points, its count, what it paid, seen now; a failure
+        /// also costs each of its vouchers (locked after it, in key order).
+        async fn apply_interaction(
+            conn: &mut $conn,
+            pubkey: &str,
+            interaction: Interaction,
+            trust: &TrustRules,
+            now_ms: i64,
+        ) -> Result<IdentityRow, StoreError> {
+            let current = lock_identity(conn, pubkey, now_ms).await?;
+            let score = trust.after(trust.decayed(current.score, current.last_seen_ms, now_ms), interaction);
+            let (successes, failures, paid) = match interaction {
+                Interaction::Paid { paid } => (1i64, 0i64, paid),
+                Interaction::Free => (1, 0, Msat::ZERO),
+                Interaction::Failed => (0, 1, Msat::ZERO),
+            };
+            let raw: $crate::common::IdentityRaw = sqlx::query_as(concat!(
+                "UPDATE identities SET score = $2, successes = successes + $3, failures = failures + $4, \
+                 paid_msat = paid_msat + $5, last_seen = $6 WHERE pubkey = $1 RETURNING ",
+                identity_columns!()
+            ))
+            .bind(pubkey)
+            .bind(to_i64(score)?)
+            .bind(successes)
+            .bind(failures)
+            .bind(paid.to_i64()?)
+            .bind(now_ms)
+            .fetch_one(&mut *conn)
+            .await?;
+            if interaction == Interaction::Failed {
+                let vouchers: Vec<String> =
+                    sqlx::query_scalar("SELECT voucher FROM vouches WHERE vouchee = $1 ORDER BY voucher")
+                        .bind(pubkey)
+                        .fetch_all(&mut *conn)
+                        .await?;
+                for voucher in vouchers.iter().filter(|v| v.as_str() != pubkey) {
+                    let row: Option<(i64, i64)> = sqlx::query_as(
+                        "UPDATE identities SET last_seen = last_seen WHERE pubkey = $1 RETURNING score, last_seen",
+                    )
+                    .bind(voucher.as_str())
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                    // A voucher without an identity row has nothing to lose.
+                    let Some((stored, last_seen)) = row else { continue };
+                    let stored = u64::try_from(stored).map_err(|_| StoreError::Database("corrupt row: bad score".to_owned()))?;
+                    let decayed = trust.decayed(stored, last_seen, now_ms);
+                    // Decay is made permanent here, so its clock restarts (as when the
+                    // identity is next seen); without decay the voucher's absence is kept.
+                    let seen = if decayed != stored { now_ms } else { last_seen };
+                    sqlx::query("UPDATE identities SET score = $2, last_seen = $3 WHERE pubkey = $1")
+                        .bind(voucher.as_str())
+                        .bind(to_i64(trust.after_vouchee_failed(decayed))?)
+                        .bind(seen)
+                        .execute(&mut *conn)
+                        .await?;
+                }
+            }
+            IdentityRow::try_from(raw)
+        }
+
+        /// Record a grant for `id`: lock the pool (and the identity), absorb
+        /// `sluice_core::grant(cap, actual, pool, allowance left)`, and when that is
+        /// more than zero write the `grant:<id>` posting, the identity's absorption
+        /// (a new UTC day starts from zero) and the audit row. Returns the amount.
+        async fn write_grant(
+            conn: &mut $conn,
+            id: &str,
+            ask: &GrantAsk,
+            actual: Msat,
+            now_ms: i64,
+        ) -> Result<Msat, StoreError> {
+            let pool = lock_pool(conn).await?;
+            let today = day_of(now_ms);
+            let allowance_left = match &ask.pubkey {
+                Some(pubkey) => {
+                    let identity = lock_identity(conn, pubkey, now_ms).await?;
+                    ask.allowance
+                        .map(|a| remaining_allowance(a, identity.absorbed_today, identity.absorbed_day, today))
+                }
+                None => ask.allowance,
+            };
+            let granted = sluice_core::grant(ask.cap, actual, pool, allowance_left);
+            if granted == Msat::ZERO {
+                return Ok(Msat::ZERO);
+            }
+            let posting = Posting::grant(id, granted)?;
+            write_new_postings(conn, std::slice::from_ref(&posting), now_ms).await?;
+            if let Some(pubkey) = &ask.pubkey {
+                sqlx::query(
+                    "UPDATE identities SET absorbed_today_msat = \
+                     CASE WHEN absorbed_day = $2 THEN absorbed_today_msat ELSE 0 END + $3, \
+                     absorbed_day = $2, absorbed_msat = absorbed_msat + $3 WHERE pubkey = $1",
+                )
+                .bind(pubkey.as_str())
+                .bind(today)
+                .bind(granted.to_i64()?)
+                .execute(&mut *conn)
+                .await?;
+            }
+            sqlx::query(
+                "INSERT INTO free_grants (id, kind, pubkey, tier, model, requested_msat, absorbed_msat, day, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(id)
+            .bind(ask.kind.as_str())
+            .bind(ask.pubkey.as_deref())
+            .bind(ask.tier.as_str())
+            .bind(ask.model.as_str())
+            .bind(ask.cap.min(actual).to_i64()?)
+            .bind(granted.to_i64()?)
+            .bind(today)
+            .bind(now_ms)
+            .execute(&mut *conn)
+            .await?;
+            Ok(granted)
+        }
+
+        /// Store a job's free-tier decision, from which `job_finished` rebuilds its grant.
+        async fn store_job_grant(conn: &mut $conn, id: &str, free_tier: &str, ask: &GrantAsk) -> Result<(), StoreError> {
+            sqlx::query(
+                "UPDATE jobs SET free_tier = $2, absorb_cap_msat = $3, grant_tier = $4, grant_allowance_msat = $5, \
+                 pubkey = COALESCE(pubkey, $6) WHERE id = $1",
+            )
+            .bind(id)
+            .bind(free_tier)
+            .bind(ask.cap.to_i64()?)
+            .bind(ask.tier.as_str())
+            .bind(ask.allowance.map(|a| a.to_i64()).transpose()?)
+            .bind(ask.pubkey.as_deref())
+            .execute(&mut *conn)
+            .await?;
+            Ok(())
+        }
+
+        /// Credit the pool its share (`pct` percent) of `charged`, under key
+        /// `pool-credit:<source>`; nothing when the share is zero.
+        async fn credit_pool(
+            conn: &mut $conn,
+            source: &str,
+            charged: Msat,
+            pct: u32,
+            now_ms: i64,
+        ) -> Result<(), StoreError> {
+            let share = sluice_core::pool_credit(charged, pct)?;
+            if share == Msat::ZERO {
+                return Ok(());
+            }
+            let posting = Posting::pool_credit(source, share)?;
+            write_new_postings(conn, std::slice::from_ref(&posting), now_ms).await
+        }
 
         /// Write each of `postings`; one that was posted before means the state
         /// that caused it was applied before, which the caller's conditional
@@ -675,6 +960,19 @@ macro_rules! store_impl {
                     .bind(leg.amount_msat)
                     .execute(&mut *conn)
                     .await?;
+                // The pool row follows its account in the same transaction (its CHECK
+                // refuses a negative pool).
+                if leg.account == Account::GenerosityPool {
+                    let changed =
+                        sqlx::query("UPDATE pool SET balance_msat = balance_msat + $1 WHERE id = 'generosity'")
+                            .bind(leg.amount_msat)
+                            .execute(&mut *conn)
+                            .await?
+                            .rows_affected();
+                    if changed != 1 {
+                        return Err(StoreError::Database("the pool row is missing".to_owned()));
+                    }
+                }
             }
             Ok(true)
         }
@@ -716,16 +1014,16 @@ macro_rules! store_impl {
                 let mut tx = self.begin_write().await?;
                 // Claiming the row first makes a second settle (from any process) see
                 // a non-held request and stop here.
-                let claimed: Option<(String, i64, String)> = sqlx::query_as(
+                let claimed: Option<(String, i64, String, Option<String>)> = sqlx::query_as(
                     "UPDATE requests SET status = $2, finished_at = $3 WHERE id = $1 AND status = 'held' \
-                     RETURNING session_id, hold_msat, cap_keys",
+                     RETURNING session_id, hold_msat, cap_keys, pubkey",
                 )
                 .bind(request_id)
                 .bind(status.as_str())
                 .bind(now_ms)
                 .fetch_optional(&mut *tx)
                 .await?;
-                let Some((session_id, hold, cap_keys)) = claimed else {
+                let Some((session_id, hold, cap_keys, pubkey)) = claimed else {
                     let current: Option<String> = sqlx::query_scalar("SELECT status FROM requests WHERE id = $1")
                         .bind(request_id)
                         .fetch_optional(&mut *tx)
@@ -737,9 +1035,26 @@ macro_rules! store_impl {
                     });
                 };
                 let hold = msat(hold)?;
+                // Lock order: request, session, pool, identity, spend caps. The session is
+                // locked before the pool (a session close locks its session, then the pool).
+                sqlx::query("UPDATE sessions SET updated_at = updated_at WHERE id = $1")
+                    .bind(session_id.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                let mut absorbed = None;
                 let (settlement, posting, usage, latency) = match &finish {
                     Finish::Settle(s) => {
-                        let split = sluice_core::settle(hold, s.actual_cost);
+                        // The pool absorbs what it can first; the payer is charged the rest,
+                        // capped at the hold.
+                        let payer_part = match &s.grant {
+                            Some(ask) => {
+                                let g = write_grant(&mut tx, request_id, ask, s.actual_cost, now_ms).await?;
+                                absorbed = Some(g);
+                                s.actual_cost.checked_sub(g)?
+                            }
+                            None => s.actual_cost,
+                        };
+                        let split = sluice_core::settle(hold, payer_part);
                         let posting = Posting::settle(&session_id, request_id, hold, split)?;
                         (split, posting, Some(s.usage), Some(to_i64(s.latency_ms)?))
                     }
@@ -779,6 +1094,20 @@ macro_rules! store_impl {
                     .bind(expires_at)
                     .execute(&mut *tx)
                     .await?;
+                if let Finish::Settle(s) = &finish {
+                    // Every paid settlement feeds the pool its share.
+                    credit_pool(&mut tx, request_id, settlement.charged, s.accounting.pool_credit_pct, now_ms).await?;
+                    if let Some(pubkey) = &pubkey {
+                        apply_interaction(
+                            &mut tx,
+                            pubkey,
+                            Interaction::served(settlement.charged),
+                            &s.accounting.trust,
+                            now_ms,
+                        )
+                        .await?;
+                    }
+                }
                 // What was released no longer counts against the caps; the charge still does.
                 let released = settlement.released.to_i64()?;
                 if released > 0 {
@@ -792,7 +1121,7 @@ macro_rules! store_impl {
                 }
                 sqlx::query(
                     "UPDATE requests SET input_tokens = $2, output_tokens = $3, charged_msat = $4, \
-                     uncharged_msat = $5, latency_ms = $6 WHERE id = $1",
+                     uncharged_msat = $5, latency_ms = $6, absorbed_msat = $7 WHERE id = $1",
                 )
                 .bind(request_id)
                 .bind(usage.map(|u| to_i64(u.input)).transpose()?)
@@ -800,11 +1129,13 @@ macro_rules! store_impl {
                 .bind(settlement.charged.to_i64()?)
                 .bind(settlement.uncharged.to_i64()?)
                 .bind(latency)
+                .bind(absorbed.map(|g| g.to_i64()).transpose()?)
                 .execute(&mut *tx)
                 .await?;
                 tx.commit().await?;
                 Ok(Settled {
                     charged: settlement.charged,
+                    absorbed: absorbed.unwrap_or(Msat::ZERO),
                     released: settlement.released,
                     balance,
                     state: effective_state(state, expires_at, now_ms),
@@ -942,11 +1273,13 @@ macro_rules! store_impl {
                 let mut tx = self.begin_write().await?;
                 sqlx::query(
                     "INSERT INTO sessions (id, state, balance_msat, held_msat, deposited_msat, spent_msat, \
-                     created_at, expires_at, updated_at) VALUES ($1, 'awaiting_payment', 0, 0, 0, 0, $2, $3, $2)",
+                     created_at, expires_at, updated_at, pubkey) \
+                     VALUES ($1, 'awaiting_payment', 0, 0, 0, 0, $2, $3, $2, $4)",
                 )
                 .bind(session.id.as_str())
                 .bind(session.created_at_ms)
                 .bind(session.expires_at_ms)
+                .bind(session.pubkey.as_deref())
                 .execute(&mut *tx)
                 .await?;
                 insert_invoice(&mut tx, deposit).await?;
@@ -1152,8 +1485,9 @@ macro_rules! store_impl {
                     }
                     sqlx::query(
                         "INSERT INTO requests (id, session_id, model, est_input_tokens, max_output_tokens, \
-                         hold_msat, btc_usd_micros, status, stream, instance_id, cap_keys, created_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, 'held', $8, $9, $10, $11)",
+                         hold_msat, btc_usd_micros, status, stream, instance_id, cap_keys, created_at, pubkey) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, 'held', $8, $9, $10, $11, \
+                         COALESCE($12, (SELECT pubkey FROM sessions WHERE id = $2)))",
                     )
                     .bind(hold.request_id.as_str())
                     .bind(hold.session_id.as_str())
@@ -1166,6 +1500,7 @@ macro_rules! store_impl {
                     .bind(hold.instance_id.as_str())
                     .bind(cap_keys.as_str())
                     .bind(hold.now_ms)
+                    .bind(hold.pubkey.as_deref())
                     .execute(&mut *tx)
                     .await?;
                     if !write_posting(&mut tx, &posting, hold.now_ms).await? {
@@ -1283,7 +1618,7 @@ macro_rules! store_impl {
                 )
                 .fetch_one(&mut *tx)
                 .await?;
-                let (lightning_in, revenue, jobs_held, refunds_owed, pool, paid_out): (i64, i64, i64, i64, i64, i64) =
+                let (lightning_in, revenue, jobs_held, refunds_owed, pool, paid_out, equity): (i64, i64, i64, i64, i64, i64, i64) =
                     sqlx::query_as(
                         "SELECT \
                      CAST(COALESCE(SUM(CASE WHEN account = 'lightning:in' THEN amount_msat ELSE 0 END), 0) AS BIGINT), \
@@ -1291,21 +1626,29 @@ macro_rules! store_impl {
                      CAST(COALESCE(SUM(CASE WHEN account LIKE 'job:%' THEN amount_msat ELSE 0 END), 0) AS BIGINT), \
                      CAST(COALESCE(SUM(CASE WHEN account LIKE 'refund:%' THEN amount_msat ELSE 0 END), 0) AS BIGINT), \
                      CAST(COALESCE(SUM(CASE WHEN account = 'pool:generosity' THEN amount_msat ELSE 0 END), 0) AS BIGINT), \
-                     CAST(COALESCE(SUM(CASE WHEN account = 'lightning:out' THEN amount_msat ELSE 0 END), 0) AS BIGINT) \
-                     FROM ledger_entry WHERE account IN ('lightning:in', 'revenue', 'pool:generosity', 'lightning:out') \
+                     CAST(COALESCE(SUM(CASE WHEN account = 'lightning:out' THEN amount_msat ELSE 0 END), 0) AS BIGINT), \
+                     CAST(COALESCE(SUM(CASE WHEN account = 'equity:operator' THEN amount_msat ELSE 0 END), 0) AS BIGINT) \
+                     FROM ledger_entry WHERE account IN ('lightning:in', 'revenue', 'pool:generosity', 'lightning:out', \
+                     'equity:operator') \
                      OR account LIKE 'job:%' OR account LIKE 'refund:%'",
                     )
                 .fetch_one(&mut *tx)
                 .await?;
+                let pool_row: Option<i64> = sqlx::query_scalar("SELECT balance_msat FROM pool WHERE id = 'generosity'")
+                    .fetch_optional(&mut *tx)
+                    .await?;
                 tx.rollback().await?;
                 let received = lightning_in.checked_neg().ok_or(StoreError::Amount(sluice_core::AmountError::Overflow))?;
+                let seeded = equity.checked_neg().ok_or(StoreError::Amount(sluice_core::AmountError::Overflow))?;
                 Ok(LedgerReport {
                     transactions: u64::try_from(transactions).unwrap_or_default(),
                     unbalanced,
                     mismatched_sessions,
                     mismatched_jobs,
                     mismatched_refunds,
+                    pool_mismatch: pool_row != Some(pool),
                     received: msat(received)?,
+                    seeded: msat(seeded)?,
                     balances: msat(balances)?,
                     held: msat(held)?,
                     revenue: msat(revenue)?,
@@ -1364,8 +1707,8 @@ macro_rules! store_impl {
                 let mut tx = self.begin_write().await?;
                 sqlx::query(
                     "INSERT INTO jobs (id, state, request, eval_model, work_model, eval_hash, eval_bolt11, \
-                     eval_amount_msat, eval_expires_at, attempts, created_at, updated_at) \
-                     VALUES ($1, 'awaiting_eval_payment', $2, $3, $4, $5, $6, $7, $8, 0, $9, $9)",
+                     eval_amount_msat, eval_expires_at, attempts, created_at, updated_at, pubkey) \
+                     VALUES ($1, 'awaiting_eval_payment', $2, $3, $4, $5, $6, $7, $8, 0, $9, $9, $10)",
                 )
                 .bind(job.id.as_str())
                 .bind(job.request.as_str())
@@ -1376,6 +1719,7 @@ macro_rules! store_impl {
                 .bind(inv.amount.to_i64()?)
                 .bind(inv.expires_at_ms)
                 .bind(job.created_at_ms)
+                .bind(job.pubkey.as_deref())
                 .execute(&mut *tx)
                 .await?;
                 tx.commit().await?;
@@ -1510,12 +1854,14 @@ macro_rules! store_impl {
                 &self,
                 id: &str,
                 outcome: &Evaluation,
+                acct: &Accounting,
                 now_ms: i64,
                 refund_expires_at_ms: i64,
                 dust: Msat,
             ) -> Result<JobRow, StoreError> {
                 let event = match outcome {
                     Evaluation::Accepted { .. } => JobEvent::Accepted,
+                    Evaluation::AcceptedFree { .. } => JobEvent::AcceptedFree,
                     Evaluation::Rejected { reason } => JobEvent::Rejected { reason: reason.clone() },
                     Evaluation::Failed { reason } => JobEvent::Failed { reason: reason.clone() },
                 };
@@ -1527,7 +1873,7 @@ macro_rules! store_impl {
                     Evaluation::Failed { .. } => Msat::ZERO,
                     _ => paid,
                 };
-                let (_, refund_id) = settle_job_phase(
+                let (charged, refund_id) = settle_job_phase(
                     &mut tx,
                     &PhaseSettle {
                         job_id: id,
@@ -1541,7 +1887,13 @@ macro_rules! store_impl {
                 )
                 .await?;
                 match outcome {
-                    Evaluation::Accepted { work_invoice, btc_usd_micros, est_input_tokens, est_output_tokens } => {
+                    Evaluation::Accepted {
+                        work_invoice,
+                        grant,
+                        btc_usd_micros,
+                        est_input_tokens,
+                        est_output_tokens,
+                    } => {
                         sqlx::query(
                             "UPDATE jobs SET work_hash = $2, work_bolt11 = $3, work_amount_msat = $4, \
                              work_expires_at = $5, work_btc_usd_micros = $6, est_input_tokens = $7, \
@@ -1557,6 +1909,23 @@ macro_rules! store_impl {
                         .bind(to_i64(*est_output_tokens)?)
                         .execute(&mut *tx)
                         .await?;
+                        if let Some(ask) = grant {
+                            store_job_grant(&mut tx, id, "partial", ask).await?;
+                        }
+                    }
+                    Evaluation::AcceptedFree { grant, btc_usd_micros, est_input_tokens, est_output_tokens } => {
+                        // No work invoice: the work columns stay NULL.
+                        sqlx::query(
+                            "UPDATE jobs SET work_btc_usd_micros = $2, est_input_tokens = $3, est_output_tokens = $4 \
+                             WHERE id = $1",
+                        )
+                        .bind(id)
+                        .bind(to_i64(*btc_usd_micros)?)
+                        .bind(to_i64(*est_input_tokens)?)
+                        .bind(to_i64(*est_output_tokens)?)
+                        .execute(&mut *tx)
+                        .await?;
+                        store_job_grant(&mut tx, id, "free", grant).await?;
                     }
                     Evaluation::Rejected { reason } | Evaluation::Failed { reason } => {
                         sqlx::query("UPDATE jobs SET reason = $2 WHERE id = $1")
@@ -1573,6 +1942,12 @@ macro_rules! store_impl {
                         .execute(&mut *tx)
                         .await?;
                 }
+                credit_pool(&mut tx, &format!("{id}:eval"), charged, acct.pool_credit_pct, now_ms).await?;
+                if matches!(outcome, Evaluation::Rejected { .. } | Evaluation::Failed { .. }) {
+                    if let Some(pubkey) = &job.pubkey {
+                        apply_interaction(&mut tx, pubkey, Interaction::Failed, &acct.trust, now_ms).await?;
+                    }
+                }
                 let after = read_job(&mut tx, id).await?.ok_or(StoreError::NotFound)?;
                 tx.commit().await?;
                 Ok(after)
@@ -1582,6 +1957,7 @@ macro_rules! store_impl {
                 &self,
                 id: &str,
                 outcome: &WorkOutcome,
+                acct: &Accounting,
                 now_ms: i64,
                 refund_expires_at_ms: i64,
                 dust: Msat,
@@ -1592,38 +1968,70 @@ macro_rules! store_impl {
                 };
                 let mut tx = self.begin_write().await?;
                 let job = take_job(&mut tx, id, JobState::Executing, &event, now_ms, "is not executing").await?;
-                let Some(paid) = job.work_invoice.as_ref().map(|w| w.amount) else {
-                    tx.rollback().await?;
-                    return Err(StoreError::Database("corrupt row: an executing job without a work invoice".to_owned()));
+                // Only a free job executes without a work invoice: it paid nothing.
+                let paid = match (&job.work_invoice, job.free_tier.as_deref()) {
+                    (Some(w), _) => w.amount,
+                    (None, Some("free")) => Msat::ZERO,
+                    (None, _) => {
+                        tx.rollback().await?;
+                        return Err(StoreError::Database(
+                            "corrupt row: an executing job without a work invoice".to_owned(),
+                        ));
+                    }
                 };
                 let actual = match outcome {
                     WorkOutcome::Completed { actual_charge, .. } => *actual_charge,
                     WorkOutcome::Failed { .. } => Msat::ZERO,
                 };
-                let (charged, refund_id) = settle_job_phase(
-                    &mut tx,
-                    &PhaseSettle {
-                        job_id: id,
-                        phase: JobPhase::Work,
-                        paid,
-                        actual,
-                        dust,
-                        refund_expires_at_ms,
-                        now_ms,
-                    },
-                )
-                .await?;
+                // The pool absorbs its part of completed work first (job → pool → identity).
+                let mut absorbed = None;
+                if let (WorkOutcome::Completed { .. }, Some(_)) = (outcome, job.free_tier.as_deref()) {
+                    let (tier, allowance): (Option<String>, Option<i64>) =
+                        sqlx::query_as("SELECT grant_tier, grant_allowance_msat FROM jobs WHERE id = $1")
+                            .bind(id)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                    let ask = GrantAsk {
+                        kind: GrantKind::Job,
+                        pubkey: job.pubkey.clone(),
+                        tier: parse_tier(tier.as_deref().unwrap_or_default())?,
+                        model: job.work_model.clone(),
+                        cap: job.absorb_cap.unwrap_or(Msat::ZERO),
+                        allowance: allowance.map(msat).transpose()?,
+                    };
+                    absorbed = Some(write_grant(&mut tx, id, &ask, actual, now_ms).await?);
+                }
+                let payer_part = actual.checked_sub(absorbed.unwrap_or(Msat::ZERO))?;
+                let (charged, refund_id) = if paid > Msat::ZERO {
+                    settle_job_phase(
+                        &mut tx,
+                        &PhaseSettle {
+                            job_id: id,
+                            phase: JobPhase::Work,
+                            paid,
+                            actual: payer_part,
+                            dust,
+                            refund_expires_at_ms,
+                            now_ms,
+                        },
+                    )
+                    .await?
+                } else {
+                    (Msat::ZERO, None)
+                };
+                credit_pool(&mut tx, &format!("{id}:work"), charged, acct.pool_credit_pct, now_ms).await?;
                 match outcome {
                     WorkOutcome::Completed { result, usage, .. } => {
                         sqlx::query(
-                            "UPDATE jobs SET result = $2, input_tokens = $3, output_tokens = $4, work_charged_msat = $5 \
-                             WHERE id = $1",
+                            "UPDATE jobs SET result = $2, input_tokens = $3, output_tokens = $4, work_charged_msat = $5, \
+                             absorbed_msat = $6 WHERE id = $1",
                         )
                         .bind(id)
                         .bind(result.as_str())
                         .bind(to_i64(usage.input)?)
                         .bind(to_i64(usage.output)?)
                         .bind(charged.to_i64()?)
+                        .bind(absorbed.map(|g| g.to_i64()).transpose()?)
                         .execute(&mut *tx)
                         .await?;
                     }
@@ -1642,6 +2050,14 @@ macro_rules! store_impl {
                         .bind(refund_id.as_str())
                         .execute(&mut *tx)
                         .await?;
+                }
+                if let Some(pubkey) = &job.pubkey {
+                    let interaction = match outcome {
+                        // The evaluation fee was charged in full when the job was accepted.
+                        WorkOutcome::Completed { .. } => Interaction::served(job.eval_invoice.amount.checked_add(charged)?),
+                        WorkOutcome::Failed { .. } => Interaction::Failed,
+                    };
+                    apply_interaction(&mut tx, pubkey, interaction, &acct.trust, now_ms).await?;
                 }
                 let after = read_job(&mut tx, id).await?.ok_or(StoreError::NotFound)?;
                 tx.commit().await?;
@@ -1773,6 +2189,266 @@ macro_rules! store_impl {
                 .fetch_all(&self.pool)
                 .await?;
                 raws.into_iter().map(RefundRow::try_from).collect()
+            }
+
+            async fn seed_pool(&self, amount: Msat, now_ms: i64) -> Result<bool, StoreError> {
+                if amount == Msat::ZERO {
+                    return Ok(false);
+                }
+                let posting = Posting::pool_seed(amount)?;
+                let mut tx = self.begin_write().await?;
+                // The key `pool-seed` makes this once-only, across processes too.
+                let seeded = write_posting(&mut tx, &posting, now_ms).await?;
+                tx.commit().await?;
+                Ok(seeded)
+            }
+
+            async fn pool_status(&self, day: i64) -> Result<PoolStatus, StoreError> {
+                let mut tx = self.begin_read().await?;
+                let balance: Option<i64> = sqlx::query_scalar("SELECT balance_msat FROM pool WHERE id = 'generosity'")
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let equity: i64 = sqlx::query_scalar(
+                    "SELECT CAST(COALESCE(SUM(amount_msat), 0) AS BIGINT) FROM ledger_entry WHERE account = 'equity:operator'",
+                )
+                .fetch_one(&mut *tx)
+                .await?;
+                let credited: i64 = sqlx::query_scalar(
+                    "SELECT CAST(COALESCE(SUM(e.amount_msat), 0) AS BIGINT) FROM ledger_entry e \
+                     JOIN ledger_tx t ON t.id = e.tx_id WHERE t.kind = 'pool_credit' AND e.account = 'pool:generosity'",
+                )
+                .fetch_one(&mut *tx)
+                .await?;
+                let (grants_today, absorbed_today): (i64, i64) = sqlx::query_as(
+                    "SELECT CAST(COUNT(*) AS BIGINT), CAST(COALESCE(SUM(absorbed_msat), 0) AS BIGINT) \
+                     FROM free_grants WHERE day = $1",
+                )
+                .bind(day)
+                .fetch_one(&mut *tx)
+                .await?;
+                let absorbed: i64 =
+                    sqlx::query_scalar("SELECT CAST(COALESCE(SUM(absorbed_msat), 0) AS BIGINT) FROM free_grants")
+                        .fetch_one(&mut *tx)
+                        .await?;
+                tx.rollback().await?;
+                Ok(PoolStatus {
+                    balance: msat(balance.ok_or_else(|| StoreError::Database("the pool row is missing".to_owned()))?)?,
+                    seeded: msat(equity.checked_neg().ok_or(StoreError::Amount(sluice_core::AmountError::Overflow))?)?,
+                    grants_today: u64::try_from(grants_today).unwrap_or_default(),
+                    absorbed_today: msat(absorbed_today)?,
+                    credited: msat(credited)?,
+                    absorbed: msat(absorbed)?,
+                })
+            }
+
+            async fn record_grant(
+                &self,
+                id: &str,
+                ask: &GrantAsk,
+                actual: Msat,
+                acct: &Accounting,
+                now_ms: i64,
+            ) -> Result<Msat, StoreError> {
+                let mut tx = self.begin_write().await?;
+                // Every grant locks the pool first, so once we hold it a concurrent
+                // recording of the same id has committed (and is seen) or not started.
+                lock_pool(&mut tx).await?;
+                let recorded: Option<i64> = sqlx::query_scalar("SELECT absorbed_msat FROM free_grants WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let posted: Option<i64> = match recorded {
+                    Some(v) => Some(v),
+                    None => sqlx::query_scalar(
+                        "SELECT e.amount_msat FROM ledger_entry e JOIN ledger_tx t ON t.id = e.tx_id \
+                         WHERE t.idempotency_key = $1 AND e.account = 'revenue'",
+                    )
+                    .bind(format!("grant:{id}"))
+                    .fetch_optional(&mut *tx)
+                    .await?,
+                };
+                if let Some(v) = posted {
+                    tx.rollback().await?;
+                    return msat(v);
+                }
+                let granted = write_grant(&mut tx, id, ask, actual, now_ms).await?;
+                if granted == Msat::ZERO {
+                    tx.rollback().await?;
+                    return Ok(Msat::ZERO);
+                }
+                if let Some(pubkey) = &ask.pubkey {
+                    apply_interaction(&mut tx, pubkey, Interaction::served(Msat::ZERO), &acct.trust, now_ms).await?;
+                }
+                tx.commit().await?;
+                Ok(granted)
+            }
+
+            async fn grant(&self, id: &str) -> Result<Option<GrantRow>, StoreError> {
+                let raw: Option<$crate::common::GrantRaw> =
+                    sqlx::query_as(concat!("SELECT ", grant_columns!(), " FROM free_grants WHERE id = $1"))
+                        .bind(id)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                raw.map(GrantRow::try_from).transpose()
+            }
+
+            async fn grants_for(&self, pubkey: &str) -> Result<Vec<GrantRow>, StoreError> {
+                let raws: Vec<$crate::common::GrantRaw> = sqlx::query_as(concat!(
+                    "SELECT ",
+                    grant_columns!(),
+                    " FROM free_grants WHERE pubkey = $1 ORDER BY created_at DESC, id DESC"
+                ))
+                .bind(pubkey)
+                .fetch_all(&self.pool)
+                .await?;
+                raws.into_iter().map(GrantRow::try_from).collect()
+            }
+
+            async fn identity(&self, pubkey: &str) -> Result<Option<IdentityRow>, StoreError> {
+                let raw: Option<$crate::common::IdentityRaw> =
+                    sqlx::query_as(concat!("SELECT ", identity_columns!(), " FROM identities WHERE pubkey = $1"))
+                        .bind(pubkey)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                raw.map(IdentityRow::try_from).transpose()
+            }
+
+            async fn touch_identity(
+                &self,
+                pubkey: &str,
+                trust: &TrustRules,
+                now_ms: i64,
+            ) -> Result<IdentityRow, StoreError> {
+                let mut tx = self.begin_write().await?;
+                let current = lock_identity(&mut tx, pubkey, now_ms).await?;
+                let score = trust.decayed(current.score, current.last_seen_ms, now_ms);
+                let raw: $crate::common::IdentityRaw = sqlx::query_as(concat!(
+                    "UPDATE identities SET score = $2, last_seen = $3 WHERE pubkey = $1 RETURNING ",
+                    identity_columns!()
+                ))
+                .bind(pubkey)
+                .bind(to_i64(score)?)
+                .bind(now_ms)
+                .fetch_one(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                IdentityRow::try_from(raw)
+            }
+
+            async fn record_interaction(
+                &self,
+                pubkey: &str,
+                interaction: Interaction,
+                trust: &TrustRules,
+                now_ms: i64,
+            ) -> Result<IdentityRow, StoreError> {
+                let mut tx = self.begin_write().await?;
+                let row = apply_interaction(&mut tx, pubkey, interaction, trust, now_ms).await?;
+                tx.commit().await?;
+                Ok(row)
+            }
+
+            async fn create_challenge(&self, nonce: &str, expires_at_ms: i64) -> Result<(), StoreError> {
+                let mut tx = self.begin_write().await?;
+                // Forget challenges that lapsed more than an hour before this one was issued.
+                sqlx::query("DELETE FROM identity_challenges WHERE expires_at < $1")
+                    .bind(expires_at_ms.saturating_sub(2 * 3_600_000))
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("INSERT INTO identity_challenges (nonce, expires_at) VALUES ($1, $2)")
+                    .bind(nonce)
+                    .bind(expires_at_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn consume_challenge(&self, nonce: &str, now_ms: i64) -> Result<ChallengeUse, StoreError> {
+                let mut tx = self.begin_write().await?;
+                let expires_at: Option<i64> =
+                    sqlx::query_scalar("DELETE FROM identity_challenges WHERE nonce = $1 RETURNING expires_at")
+                        .bind(nonce)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                tx.commit().await?;
+                Ok(match expires_at {
+                    None => ChallengeUse::Unknown,
+                    Some(t) if t <= now_ms => ChallengeUse::Expired,
+                    Some(_) => ChallengeUse::Consumed,
+                })
+            }
+
+            async fn remember_event(&self, event_id: &str, expires_at_ms: i64, now_ms: i64) -> Result<bool, StoreError> {
+                let mut tx = self.begin_write().await?;
+                sqlx::query("DELETE FROM seen_events WHERE expires_at <= $1")
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                let inserted = sqlx::query(
+                    "INSERT INTO seen_events (id, expires_at) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(event_id)
+                .bind(expires_at_ms)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                tx.commit().await?;
+                Ok(inserted == 1)
+            }
+
+            async fn add_vouch(&self, vouch: &NewVouch, max_active: u32) -> Result<VouchOutcome, StoreError> {
+                let mut tx = self.begin_write().await?;
+                // Lock the voucher's identity row (created if absent), so concurrent
+                // vouches by one voucher count one after the other.
+                lock_identity(&mut tx, &vouch.voucher, vouch.now_ms).await?;
+                let existing: Option<String> =
+                    sqlx::query_scalar("SELECT event_id FROM vouches WHERE voucher = $1 AND vouchee = $2")
+                        .bind(vouch.voucher.as_str())
+                        .bind(vouch.vouchee.as_str())
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if existing.is_some() {
+                    tx.rollback().await?;
+                    return Ok(VouchOutcome::AlreadyVouched);
+                }
+                let active: i64 =
+                    sqlx::query_scalar("SELECT CAST(COUNT(*) AS BIGINT) FROM vouches WHERE voucher = $1")
+                        .bind(vouch.voucher.as_str())
+                        .fetch_one(&mut *tx)
+                        .await?;
+                if active >= i64::from(max_active) {
+                    tx.rollback().await?;
+                    return Ok(VouchOutcome::TooMany { max: max_active });
+                }
+                sqlx::query("INSERT INTO vouches (voucher, vouchee, event_id, created_at) VALUES ($1, $2, $3, $4)")
+                    .bind(vouch.voucher.as_str())
+                    .bind(vouch.vouchee.as_str())
+                    .bind(vouch.event_id.as_str())
+                    .bind(vouch.now_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(VouchOutcome::Added)
+            }
+
+            async fn vouchers_of(&self, vouchee: &str) -> Result<Vec<IdentityRow>, StoreError> {
+                let raws: Vec<$crate::common::IdentityRaw> = sqlx::query_as(concat!(
+                    "SELECT ",
+                    identity_columns!(),
+                    " FROM identities WHERE pubkey IN (SELECT voucher FROM vouches WHERE vouchee = $1) ORDER BY pubkey"
+                ))
+                .bind(vouchee)
+                .fetch_all(&self.pool)
+                .await?;
+                raws.into_iter().map(IdentityRow::try_from).collect()
+            }
+
+            async fn vouchees_of(&self, voucher: &str) -> Result<Vec<String>, StoreError> {
+                Ok(sqlx::query_scalar("SELECT vouchee FROM vouches WHERE voucher = $1 ORDER BY vouchee")
+                    .bind(voucher)
+                    .fetch_all(&self.pool)
+                    .await?)
             }
         }
     };

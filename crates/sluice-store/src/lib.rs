@@ -10,11 +10,17 @@
 //! never negative except the `lightning:in` ledger account).
 
 use async_trait::async_trait;
-use sluice_core::{Msat, SessionPolicy, SessionState, TokenUsage};
+use sluice_core::{Interaction, Msat, SessionPolicy, SessionState, TokenUsage, TrustRules};
 
 mod common;
+mod identity;
 pub mod postgres;
 pub mod sqlite;
+
+pub use identity::{
+    Accounting, ChallengeUse, GrantAsk, GrantKind, GrantRow, IdentityRow, NewVouch, PoolStatus,
+    VouchOutcome,
+};
 
 /// Open the store named by `url`, applying migrations: `sqlite:` URLs open
 /// [`sqlite::SqliteStore`], `postgres:` / `postgresql:` URLs [`postgres::PgStore`].
@@ -151,6 +157,9 @@ pub struct NewSession {
     pub created_at_ms: i64,
     /// Initial expiry (the deposit invoice's expiry; refreshed when funded).
     pub expires_at_ms: i64,
+    /// The identity presented at creation: the session's requests count for
+    /// it when they present no identity of their own.
+    pub pubkey: Option<String>,
 }
 
 /// A stored session. `balance` is what is available; `held` is in flight.
@@ -227,6 +236,10 @@ pub struct NewHold {
     pub now_ms: i64,
     /// Session TTL: a successful hold refreshes expiry to `now + ttl`.
     pub ttl_ms: i64,
+    /// The identity presented with the request, bound to it (its trust record
+    /// is updated when the request settles). `None`: the session's identity,
+    /// if it was created with one.
+    pub pubkey: Option<String>,
 }
 
 /// Outcome of a hold.
@@ -312,13 +325,22 @@ pub struct SettleRequest {
     pub now_ms: i64,
     /// Session policy (min balance decides `paused`; TTL refreshes expiry).
     pub policy: SessionPolicy,
+    /// The free-tier grant decided for this request (a partial decision: the
+    /// hold covers only the payer's part). Recorded in the same transaction:
+    /// the pool absorbs what it can and the payer is charged the rest of the
+    /// actual cost, capped at the hold.
+    pub grant: Option<GrantAsk>,
+    /// Pool credit share and trust rules.
+    pub accounting: Accounting,
 }
 
 /// A settled request's outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settled {
-    /// Charged (≤ hold).
+    /// Charged to the payer (≤ hold).
     pub charged: Msat,
+    /// Absorbed by the generosity pool.
+    pub absorbed: Msat,
     /// Released back to the balance.
     pub released: Msat,
     /// Session balance after.
@@ -360,6 +382,10 @@ pub struct RequestRow {
     pub stream: bool,
     /// Gateway instance that took the hold.
     pub instance_id: String,
+    /// The identity bound to the request.
+    pub pubkey: Option<String>,
+    /// What the generosity pool absorbed (once settled with a grant).
+    pub absorbed: Option<Msat>,
     /// Created, unix ms.
     pub created_at_ms: i64,
     /// Finalised, unix ms.
@@ -381,8 +407,12 @@ pub struct LedgerReport {
     /// Refunds whose `refund:<id>` balance differs from what the row owes
     /// (the payout while pending or paying, else 0).
     pub mismatched_refunds: Vec<String>,
+    /// Whether the `pool` row's balance differs from the `pool:generosity` account.
+    pub pool_mismatch: bool,
     /// Total received over Lightning (minus the `lightning:in` balance).
     pub received: Msat,
+    /// What the operator put in (minus the `equity:operator` balance): the pool's seed.
+    pub seeded: Msat,
     /// Sum of session balances.
     pub balances: Msat,
     /// Sum of held amounts.
@@ -393,7 +423,8 @@ pub struct LedgerReport {
     pub jobs_held: Msat,
     /// Refunds owed and claimable (the `refund:<id>` accounts: payable whole sats).
     pub refunds_owed: Msat,
-    /// The generosity pool: refund remainders, dust and unclaimed refunds.
+    /// The generosity pool: its seed, revenue credits, refund remainders,
+    /// dust and unclaimed refunds, less grants.
     pub pool: Msat,
     /// Paid out over Lightning (the `lightning:out` account).
     pub paid_out: Msat,
@@ -401,9 +432,11 @@ pub struct LedgerReport {
 
 impl LedgerReport {
     /// The ledger balances and matches the state tables: what was received
-    /// equals balances + held + revenue + jobs held + refunds owed + pool + paid out.
+    /// plus what was seeded equals balances + held + revenue + jobs held +
+    /// refunds owed + pool + paid out.
     pub fn is_consistent(&self) -> bool {
         self.unbalanced.is_empty()
+            && !self.pool_mismatch
             && self.mismatched_sessions.is_empty()
             && self.mismatched_jobs.is_empty()
             && self.mismatched_refunds.is_empty()
@@ -416,7 +449,7 @@ impl LedgerReport {
                 .and_then(|v| v.checked_add(self.pool))
                 .and_then(|v| v.checked_add(self.paid_out))
                 .ok()
-                == Some(self.received)
+                == self.received.checked_add(self.seeded).ok()
     }
 }
 
@@ -452,6 +485,8 @@ pub struct NewJob {
     pub eval_invoice: JobInvoice,
     /// Created, unix ms.
     pub created_at_ms: i64,
+    /// The identity presented when the job was created.
+    pub pubkey: Option<String>,
 }
 
 /// An invoice of one phase of a job.
@@ -504,6 +539,14 @@ pub struct JobRow {
     pub refund_id: Option<String>,
     /// How many times evaluation or work was started (crash resumes count).
     pub attempts: u32,
+    /// The identity bound to the job.
+    pub pubkey: Option<String>,
+    /// The free-tier decision for the work: `"free"` or `"partial"`.
+    pub free_tier: Option<String>,
+    /// The most the pool may absorb of the work (the decision's `absorb`).
+    pub absorb_cap: Option<Msat>,
+    /// What the pool absorbed (once the work completed).
+    pub absorbed: Option<Msat>,
     /// Created, unix ms.
     pub created_at_ms: i64,
     /// Last change, unix ms.
@@ -513,10 +556,26 @@ pub struct JobRow {
 /// How an evaluation ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Evaluation {
-    /// Accepted: the work is quoted and invoiced.
+    /// Accepted: the work is quoted and invoiced (at the payer's part of
+    /// the quote when `grant` is a partial free-tier decision).
     Accepted {
         /// The work invoice.
         work_invoice: JobInvoice,
+        /// A partial free-tier decision: the pool absorbs up to `grant.cap`
+        /// after the work.
+        grant: Option<GrantAsk>,
+        /// Locked BTC price, micro-USD.
+        btc_usd_micros: u64,
+        /// Estimated input tokens.
+        est_input_tokens: u64,
+        /// Charged output tokens of the estimate.
+        est_output_tokens: u64,
+    },
+    /// Accepted and free: the pool pays for the work, so there is no work
+    /// invoice and the job goes straight to `executing`.
+    AcceptedFree {
+        /// The grant, recorded when the work completes.
+        grant: GrantAsk,
         /// Locked BTC price, micro-USD.
         btc_usd_micros: u64,
         /// Estimated input tokens.
@@ -732,10 +791,15 @@ pub trait Store: Send + Sync + 'static {
     /// the evaluation phase is settled (`Posting::job_settle(.., Eval, ..)`: charged in
     /// full when accepted or rejected, refunded when failed, offering the refund with
     /// `refund_expires_at_ms` and `dust`), and the state advances, in one transaction.
+    ///
+    /// A rejected or failed evaluation counts as a failure of the job's identity
+    /// (and costs its vouchers), in the same transaction; the pool is credited
+    /// its share of the evaluation fee charged.
     async fn job_evaluated(
         &self,
         id: &str,
         outcome: &Evaluation,
+        acct: &Accounting,
         now_ms: i64,
         refund_expires_at_ms: i64,
         dust: Msat,
@@ -745,10 +809,16 @@ pub trait Store: Send + Sync + 'static {
     /// the work phase is settled at `min(actual, paid)` (or 0 when failed), the rest
     /// offered as a refund (dust and sub-sat remainders to the generosity pool), and the
     /// state advances to `complete` or `failed`, in one transaction.
+    ///
+    /// A job with a free-tier decision records its grant first (`GrantAsk` rules,
+    /// on the actual charge) and settles the payer's part at `actual - absorbed`;
+    /// the pool is credited its share of what the payer was charged; the identity
+    /// gets a success (paid or free) or a failure.
     async fn job_finished(
         &self,
         id: &str,
         outcome: &WorkOutcome,
+        acct: &Accounting,
         now_ms: i64,
         refund_expires_at_ms: i64,
         dust: Msat,
@@ -795,6 +865,89 @@ pub trait Store: Send + Sync + 'static {
 
     /// Pending refunds past their expiry at `now_ms` (to expire them into the pool).
     async fn expired_refunds(&self, now_ms: i64) -> Result<Vec<RefundRow>, StoreError>;
+
+    // ---- identity, trust and the free tier ----
+
+    /// Seed the generosity pool with `amount` (`Posting::pool_seed`) unless it
+    /// was seeded before, whatever the amount then. True when seeded now.
+    async fn seed_pool(&self, amount: Msat, now_ms: i64) -> Result<bool, StoreError>;
+
+    /// The pool's balance, totals, and the grants of UTC day `day`.
+    async fn pool_status(&self, day: i64) -> Result<PoolStatus, StoreError>;
+
+    /// Record a grant for work done outside a session hold (a fully free chat
+    /// request, a demo answer): see [`GrantAsk`] for the rules. `actual` is the
+    /// work's actual cost. Returns what the pool absorbed (zero: nothing was
+    /// written). When `ask.pubkey` is set, the identity also gets a served
+    /// interaction (`Interaction::Free`). Idempotent by `id`: a repeat returns
+    /// the amount recorded the first time and writes nothing.
+    async fn record_grant(
+        &self,
+        id: &str,
+        ask: &GrantAsk,
+        actual: Msat,
+        acct: &Accounting,
+        now_ms: i64,
+    ) -> Result<Msat, StoreError>;
+
+    /// The grant recorded for request, job or demo answer `id`.
+    async fn grant(&self, id: &str) -> Result<Option<GrantRow>, StoreError>;
+
+    /// Every grant of an identity, newest first.
+    async fn grants_for(&self, pubkey: &str) -> Result<Vec<GrantRow>, StoreError>;
+
+    /// An identity by pubkey.
+    async fn identity(&self, pubkey: &str) -> Result<Option<IdentityRow>, StoreError>;
+
+    /// Mark an identity seen now, creating it (score 0) the first time. Decay
+    /// is applied to the stored score first, so that coming back after a long
+    /// absence does not erase the absence. Returns the row after.
+    async fn touch_identity(
+        &self,
+        pubkey: &str,
+        trust: &TrustRules,
+        now_ms: i64,
+    ) -> Result<IdentityRow, StoreError>;
+
+    /// Apply one interaction to an identity (created if absent): decay, then
+    /// `TrustRules::after`, the success or failure count, what it paid; a
+    /// failure also costs each of its vouchers `vouch_penalty`. One transaction.
+    async fn record_interaction(
+        &self,
+        pubkey: &str,
+        interaction: Interaction,
+        trust: &TrustRules,
+        now_ms: i64,
+    ) -> Result<IdentityRow, StoreError>;
+
+    /// Store a login challenge nonce until `expires_at_ms`.
+    async fn create_challenge(&self, nonce: &str, expires_at_ms: i64) -> Result<(), StoreError>;
+
+    /// Use up a login challenge: each nonce works once.
+    async fn consume_challenge(&self, nonce: &str, now_ms: i64)
+    -> Result<ChallengeUse, StoreError>;
+
+    /// Remember a signed event id (NIP-98) until `expires_at_ms`; false when
+    /// it was seen before: a replay. Forgets expired ids as it goes.
+    async fn remember_event(
+        &self,
+        event_id: &str,
+        expires_at_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Store a vouch, unless the voucher already has `max_active` vouches.
+    async fn add_vouch(
+        &self,
+        vouch: &NewVouch,
+        max_active: u32,
+    ) -> Result<VouchOutcome, StoreError>;
+
+    /// The identities vouching for `vouchee`.
+    async fn vouchers_of(&self, vouchee: &str) -> Result<Vec<IdentityRow>, StoreError>;
+
+    /// The keys `voucher` vouches for.
+    async fn vouchees_of(&self, voucher: &str) -> Result<Vec<String>, StoreError>;
 }
 
 /// Why a refund event was not applied.

@@ -65,7 +65,27 @@ impl SqliteStore {
     /// Open (creating if missing) and migrate the database at `url`:
     /// `sqlite://path/to/file.db`, `sqlite:file.db`, or `sqlite::memory:` for a
     /// private in-memory database (one connection, gone when the store is dropped).
+    ///
+    /// Several processes opening a new file at once contend for it while one
+    /// creates the schema; an open that finds the database locked beyond the
+    /// busy timeout is tried again, a few times, before giving up.
     pub async fn connect(url: &str) -> Result<Self, crate::StoreError> {
+        let mut attempt = 0u64;
+        loop {
+            match Self::connect_once(url).await {
+                Err(crate::StoreError::Database(m))
+                    if attempt < 4 && (m.contains("locked") || m.contains("busy")) =>
+                {
+                    attempt += 1;
+                    tracing::warn!(attempt, "database locked while opening; trying again");
+                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn connect_once(url: &str) -> Result<Self, crate::StoreError> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .foreign_keys(true)

@@ -76,6 +76,19 @@ macro_rules! all_cases {
             unclaimed_refunds_expire_into_the_pool,
             jobs_are_listed_by_state,
             upgrading_the_ledger_keeps_its_rows,
+            the_pool_is_seeded_once,
+            a_paid_settle_credits_the_pool_and_the_identity,
+            a_partial_grant_settles_the_rest_on_the_payer,
+            grants_are_capped_by_allowance_and_pool,
+            the_allowance_starts_again_each_day,
+            recording_a_grant_twice_absorbs_once,
+            free_and_partial_jobs_use_the_pool,
+            a_rejected_job_costs_its_identity_and_vouchers,
+            challenges_and_events_work_once,
+            vouches_are_limited,
+            scores_decay_after_a_long_absence,
+            concurrent_grants_never_overdraw_the_pool,
+            upgrading_keeps_the_pool_it_had,
         );
     };
 }

@@ -12,7 +12,13 @@ use figment::{
 };
 use sluice_gateway::Config;
 
-const SECTIONS: [&str; 6] = [
+const SECTIONS: [&str; 12] = [
+    "l402__",
+    "jobs__",
+    "identity__",
+    "trust__",
+    "free_tier__",
+    "demo__",
     "server__",
     "database__",
     "lightning__",

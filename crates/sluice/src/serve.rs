@@ -92,6 +92,7 @@ pub async fn check_ledger(config: Option<PathBuf>) -> anyhow::Result<()> {
     let r = store.check_ledger().await?;
     println!("ledger transactions:     {}", r.transactions);
     println!("received over Lightning: {} msat", r.received.msat());
+    println!("seeded by the operator:  {} msat", r.seeded.msat());
     println!("session balances:        {} msat", r.balances.msat());
     println!("held for requests:       {} msat", r.held.msat());
     println!("revenue:                 {} msat", r.revenue.msat());
@@ -101,17 +102,18 @@ pub async fn check_ledger(config: Option<PathBuf>) -> anyhow::Result<()> {
     println!("paid out:                {} msat", r.paid_out.msat());
     if r.is_consistent() {
         println!(
-            "OK: every transaction balances; received = balances + held + revenue + jobs + refunds owed + \
-             pool + paid out; every session, job and refund matches the ledger"
+            "OK: every transaction balances; received + seeded = balances + held + revenue + jobs + \
+             refunds owed + pool + paid out; every session, job, refund and the pool match the ledger"
         );
         Ok(())
     } else {
         anyhow::bail!(
-            "ledger check FAILED: unbalanced transactions {:?}, mismatched sessions {:?}, jobs {:?}, refunds {:?}",
+            "ledger check FAILED: unbalanced transactions {:?}, mismatched sessions {:?}, jobs {:?}, refunds {:?}, pool row differs from the ledger: {}",
             r.unbalanced,
             r.mismatched_sessions,
             r.mismatched_jobs,
-            r.mismatched_refunds
+            r.mismatched_refunds,
+            r.pool_mismatch
         )
     }
 }

@@ -524,3 +524,56 @@ async fn a_third_party_l402_client_pays_and_retries_against_lnbits() {
     gw.stop().await;
     check_ledger(&config);
 }
+
+#[tokio::test]
+async fn a_nostr_client_logs_in_and_signs_requests_with_nostr_tools() {
+    let client_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/l402-client");
+    assert!(
+        client_dir.join("node_modules/nostr-tools").exists(),
+        "nostr-tools is not installed: run `npm ci` in scripts/l402-client (scripts/test.sh does)"
+    );
+    let upstream = spawn_fake_openai(FakeBehaviour::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite://{}", dir.path().join("nostr.db").display());
+    let config = write_config(dir.path(), &db_url, &upstream.base_url, "");
+    let gw = Gateway::start(&config);
+    let out = tokio::task::spawn_blocking({
+        let base = gw.base.clone();
+        move || {
+            Command::new("node")
+                .arg("nostr-login.mjs")
+                .current_dir(&client_dir)
+                .env("SLUICE_URL", base)
+                .output()
+                .expect("node is needed for this test")
+        }
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the Nostr client failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_str(stdout.trim()).unwrap();
+    let pubkey = v["pubkey"].as_str().unwrap();
+    // Challenge login with an event signed by nostr-tools.
+    assert_eq!(v["verify_status"], 200, "{v}");
+    assert_eq!(v["verified_pubkey"], pubkey);
+    assert_eq!(v["tier"], "new");
+    assert_eq!(v["replay_status"], 401, "a used challenge is refused");
+    assert_eq!(v["me_by_token"], pubkey);
+    // NIP-98 headers made by nostr-tools, with and without a payload.
+    assert_eq!(v["nip98_status"], 200, "{v}");
+    assert_eq!(v["me_by_nip98"], pubkey);
+    assert_eq!(
+        v["nip98_replay_status"], 401,
+        "a used NIP-98 event is refused"
+    );
+    assert_eq!(v["estimate_status"], 200, "{v}");
+    assert_eq!(v["estimate_free_tier"]["decision"], "gate");
+    assert_eq!(v["estimate_free_tier"]["tier"], "new");
+    gw.stop().await;
+    check_ledger(&config);
+}

@@ -154,6 +154,7 @@ async fn holds_of_a_dead_gateway_are_released() {
             stream: false,
             now_ms: sluice_gateway::state::now_ms(),
             ttl_ms: 60_000,
+            pubkey: None,
         })
         .await
         .unwrap();

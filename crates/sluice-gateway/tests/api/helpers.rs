@@ -250,6 +250,83 @@ impl TestApp {
     }
 }
 
+impl TestApp {
+    /// Challenge login: the identity token of `keys`.
+    pub async fn login(&self, keys: &sluice_proto::nostr::Keys) -> String {
+        let r = self.post("/v1/identity/challenge", json!({}), None).await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let c: Value = r.json().await.unwrap();
+        let nonce = c["nonce"].as_str().unwrap();
+        let ev = sign_login(keys, nonce);
+        let r = self
+            .post("/v1/identity/verify", json!({ "event": ev }), None)
+            .await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let v: Value = r.json().await.unwrap();
+        v["token"].as_str().unwrap().to_owned()
+    }
+
+    /// POST with an optional session macaroon and an optional identity token.
+    pub async fn post_as(
+        &self,
+        path: &str,
+        body: Value,
+        mac: Option<&str>,
+        nostr_token: Option<&str>,
+    ) -> Response {
+        let mut r = self.http.post(self.url(path)).json(&body);
+        if let Some(t) = mac {
+            r = r.bearer_auth(t);
+        }
+        if let Some(t) = nostr_token {
+            r = r.header("X-Nostr-Token", t);
+        }
+        r.send().await.unwrap()
+    }
+
+    /// GET with an identity token.
+    pub async fn get_as(&self, path: &str, nostr_token: &str) -> Response {
+        self.http
+            .get(self.url(path))
+            .header("X-Nostr-Token", nostr_token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `GET /v1/identity/me` of a token.
+    pub async fn me(&self, nostr_token: &str) -> Value {
+        let r = self.get_as("/v1/identity/me", nostr_token).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        r.json().await.unwrap()
+    }
+
+    /// `GET /v1/pool`.
+    pub async fn pool(&self) -> Value {
+        let r = self.get("/v1/pool", None).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        r.json().await.unwrap()
+    }
+}
+
+/// A signed login event for a challenge nonce, as a NIP-07 extension makes it.
+pub fn sign_login(keys: &sluice_proto::nostr::Keys, nonce: &str) -> sluice_proto::nostr::Event {
+    sluice_proto::nostr::Event::sign(
+        keys,
+        now_secs(),
+        sluice_proto::nostr::LOGIN_KIND,
+        vec![vec!["challenge".into(), nonce.into()]],
+        String::new(),
+    )
+}
+
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
 pub fn user(text: &str) -> Value {
     json!([{"role": "user", "content": text}])
 }

@@ -11,7 +11,7 @@ use sluice_gateway::testing::{FakeBehaviour, FakeUpstream, spawn_fake_openai};
 use super::helpers::{Db, TestApp, error_code, fake_model};
 
 /// A gateway whose "judge" model answers `verdict` and whose "fake-model" does the work.
-async fn app_with_judge(
+pub(super) async fn app_with_judge(
     verdict: &str,
     tweak: impl FnOnce(&mut sluice_gateway::Config),
 ) -> (TestApp, FakeUpstream) {
@@ -156,11 +156,9 @@ async fn a_rejected_job_keeps_its_fee_and_asks_for_no_work() {
     assert!(v.get("refund").is_none());
     let report = app.state.store.check_ledger().await.unwrap();
     assert!(report.is_consistent(), "{report:?}");
-    assert_eq!(
-        report.revenue.msat(),
-        10_000,
-        "the evaluation fee is earned"
-    );
+    // The evaluation fee is earned; 10% of it feeds the generosity pool.
+    assert_eq!(report.revenue.msat(), 9_000);
+    assert_eq!(report.pool.msat() - report.seeded.msat(), 1_000);
     app.stop().await;
 }
 

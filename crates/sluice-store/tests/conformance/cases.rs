@@ -4,16 +4,19 @@
 use std::sync::Arc;
 
 use sluice_core::{
-    JobPhase, JobState, Msat, RefundError, RefundEvent, RefundState, SessionState, TokenUsage,
+    DAY_MS, Interaction, JobPhase, JobState, Msat, RefundError, RefundEvent, RefundState,
+    SessionState, Tier, TokenUsage, TrustRules,
 };
 use sluice_store::{
-    Credit, DevInvoiceRow, Evaluation, HoldOutcome, InvoicePurpose, InvoiceState, JobInvoice,
-    LedgerReport, NewJob, PendingJobInvoice, RefundEventError, RequestStatus, Settled, Store,
-    StoreError, WorkOutcome,
+    Accounting, ChallengeUse, Credit, DevInvoiceRow, Evaluation, GrantAsk, GrantKind, GrantRow,
+    HoldOutcome, InvoicePurpose, InvoiceState, JobInvoice, LedgerReport, NewJob, NewVouch,
+    PendingJobInvoice, PoolStatus, RefundEventError, RequestStatus, Settled, Store, StoreError,
+    VouchOutcome, WorkOutcome,
 };
 
 use super::harness::{
-    NOW, TTL_MS, TestDb, cap, funded, hold, invoice, is_held, new_session, policy, settle,
+    NOW, TTL_MS, TestDb, cap, funded, hold, invoice, is_held, new_session, no_credit, policy,
+    settle,
 };
 
 fn msat(v: u64) -> Msat {
@@ -317,6 +320,7 @@ pub async fn hold_refused_when_paused(db: &TestDb) {
         s,
         Settled {
             charged: msat(25_000),
+            absorbed: Msat::ZERO,
             released: Msat::ZERO,
             balance: msat(5_000),
             state: SessionState::Paused
@@ -417,6 +421,7 @@ pub async fn settle_charges_at_most_the_hold(db: &TestDb) {
         s,
         Settled {
             charged: msat(12_345),
+            absorbed: Msat::ZERO,
             released: msat(17_655),
             balance: msat(87_655),
             state: SessionState::Active
@@ -552,6 +557,7 @@ pub async fn release_returns_the_whole_hold(db: &TestDb) {
         s,
         Settled {
             charged: Msat::ZERO,
+            absorbed: Msat::ZERO,
             released: msat(30_000),
             balance: msat(100_000),
             state: SessionState::Active
@@ -1121,12 +1127,14 @@ fn new_job(id: &str, eval_fee: u64) -> NewJob {
         work_model: "worker".to_owned(),
         eval_invoice: job_invoice(&format!("eval-{id}"), eval_fee),
         created_at_ms: NOW,
+        pubkey: None,
     }
 }
 
 fn accepted(id: &str, work: u64) -> Evaluation {
     Evaluation::Accepted {
         work_invoice: job_invoice(&format!("work-{id}"), work),
+        grant: None,
         btc_usd_micros: 100_000_000_000,
         est_input_tokens: 40,
         est_output_tokens: 300,
@@ -1160,7 +1168,14 @@ async fn job_evaluating(store: &dyn Store, id: &str, eval_fee: u64) {
 async fn job_executing(store: &dyn Store, id: &str, work: u64) {
     job_evaluating(store, id, EVAL_FEE).await;
     store
-        .job_evaluated(id, &accepted(id, work), NOW + 2, REFUND_EXPIRES, msat(DUST))
+        .job_evaluated(
+            id,
+            &accepted(id, work),
+            &no_credit(),
+            NOW + 2,
+            REFUND_EXPIRES,
+            msat(DUST),
+        )
         .await
         .unwrap();
     let job = store
@@ -1243,6 +1258,7 @@ pub async fn job_happy_path_refunds_the_unspent_work_payment(db: &TestDb) {
         .job_evaluated(
             "j1",
             &accepted("j1", 100_000),
+            &no_credit(),
             NOW + 2,
             REFUND_EXPIRES,
             msat(DUST),
@@ -1287,6 +1303,7 @@ pub async fn job_happy_path_refunds_the_unspent_work_payment(db: &TestDb) {
         .job_finished(
             "j1",
             &completed(37_500),
+            &no_credit(),
             NOW + 4,
             REFUND_EXPIRES,
             msat(DUST),
@@ -1352,6 +1369,7 @@ pub async fn a_rejected_job_earns_its_fee_and_owes_nothing(db: &TestDb) {
             &Evaluation::Rejected {
                 reason: "not a summarisation task".into(),
             },
+            &no_credit(),
             NOW + 2,
             REFUND_EXPIRES,
             msat(DUST),
@@ -1373,6 +1391,7 @@ pub async fn a_rejected_job_earns_its_fee_and_owes_nothing(db: &TestDb) {
             .job_evaluated(
                 "j1",
                 &accepted("j1", 1_000),
+                &no_credit(),
                 NOW + 3,
                 REFUND_EXPIRES,
                 msat(DUST)
@@ -1382,7 +1401,14 @@ pub async fn a_rejected_job_earns_its_fee_and_owes_nothing(db: &TestDb) {
     ));
     assert!(matches!(
         store
-            .job_finished("j1", &completed(1), NOW + 3, REFUND_EXPIRES, msat(DUST))
+            .job_finished(
+                "j1",
+                &completed(1),
+                &no_credit(),
+                NOW + 3,
+                REFUND_EXPIRES,
+                msat(DUST)
+            )
             .await,
         Err(StoreError::Conflict(_))
     ));
@@ -1399,7 +1425,14 @@ pub async fn a_failed_evaluation_refunds_its_fee(db: &TestDb) {
         reason: "the evaluator is unavailable".into(),
     };
     let job = store
-        .job_evaluated("j1", &failed, NOW + 2, REFUND_EXPIRES, msat(DUST))
+        .job_evaluated(
+            "j1",
+            &failed,
+            &no_credit(),
+            NOW + 2,
+            REFUND_EXPIRES,
+            msat(DUST),
+        )
         .await
         .unwrap();
     assert_eq!(job.state, JobState::Failed);
@@ -1419,7 +1452,14 @@ pub async fn a_failed_evaluation_refunds_its_fee(db: &TestDb) {
     // A fee below the dust threshold goes to the pool whole: nothing to claim.
     job_evaluating(store, "j2", 800).await;
     let job = store
-        .job_evaluated("j2", &failed, NOW + 2, REFUND_EXPIRES, msat(DUST))
+        .job_evaluated(
+            "j2",
+            &failed,
+            &no_credit(),
+            NOW + 2,
+            REFUND_EXPIRES,
+            msat(DUST),
+        )
         .await
         .unwrap();
     assert_eq!(job.refund_id.as_deref(), Some("refund_j2"));
@@ -1462,6 +1502,7 @@ pub async fn failed_work_refunds_the_whole_work_payment(db: &TestDb) {
             &WorkOutcome::Failed {
                 reason: "the worker crashed".into(),
             },
+            &no_credit(),
             NOW + 4,
             REFUND_EXPIRES,
             msat(DUST),
@@ -1494,6 +1535,7 @@ pub async fn failed_work_refunds_the_whole_work_payment(db: &TestDb) {
         .job_finished(
             "j2",
             &completed(25_000),
+            &no_credit(),
             NOW + 4,
             REFUND_EXPIRES,
             msat(DUST),
@@ -1556,6 +1598,7 @@ pub async fn job_payments_are_recorded_once(db: &TestDb) {
         .job_evaluated(
             "j1",
             &accepted("j1", 50_000),
+            &no_credit(),
             NOW + 2,
             REFUND_EXPIRES,
             msat(DUST),
@@ -1601,6 +1644,7 @@ pub async fn concurrent_job_outcomes_apply_once(db: &TestDb) {
             .job_evaluated(
                 "j1",
                 &accepted("j1", 1_000),
+                &no_credit(),
                 NOW,
                 REFUND_EXPIRES,
                 msat(DUST)
@@ -1613,6 +1657,7 @@ pub async fn concurrent_job_outcomes_apply_once(db: &TestDb) {
             .job_evaluated(
                 "nope",
                 &accepted("nope", 1_000),
+                &no_credit(),
                 NOW,
                 REFUND_EXPIRES,
                 msat(DUST)
@@ -1629,9 +1674,10 @@ pub async fn concurrent_job_outcomes_apply_once(db: &TestDb) {
         reason: "timeout".into(),
     };
     let accept = accepted("j1", 40_000);
+    let acct = no_credit();
     let (a, b) = tokio::join!(
-        store.job_evaluated("j1", &accept, NOW + 2, REFUND_EXPIRES, msat(DUST)),
-        other.job_evaluated("j1", &failed, NOW + 2, REFUND_EXPIRES, msat(DUST)),
+        store.job_evaluated("j1", &accept, &acct, NOW + 2, REFUND_EXPIRES, msat(DUST)),
+        other.job_evaluated("j1", &failed, &acct, NOW + 2, REFUND_EXPIRES, msat(DUST)),
     );
     let (won, lost) = match (a, b) {
         (Ok(w), Err(l)) | (Err(l), Ok(w)) => (w, l),
@@ -1647,8 +1693,8 @@ pub async fn concurrent_job_outcomes_apply_once(db: &TestDb) {
         WorkOutcome::Failed { reason: "x".into() },
     );
     let (a, b) = tokio::join!(
-        store.job_finished("j2", &done, NOW + 4, REFUND_EXPIRES, msat(DUST)),
-        other.job_finished("j2", &broke, NOW + 4, REFUND_EXPIRES, msat(DUST)),
+        store.job_finished("j2", &done, &acct, NOW + 4, REFUND_EXPIRES, msat(DUST)),
+        other.job_finished("j2", &broke, &acct, NOW + 4, REFUND_EXPIRES, msat(DUST)),
     );
     let won = match (a, b) {
         (Ok(w), Err(StoreError::Conflict(_))) | (Err(StoreError::Conflict(_)), Ok(w)) => w,
@@ -1672,6 +1718,7 @@ pub async fn a_refund_is_claimed_and_paid_once(db: &TestDb) {
         .job_finished(
             "j1",
             &completed(37_500),
+            &no_credit(),
             NOW + 4,
             REFUND_EXPIRES,
             msat(DUST),
@@ -1787,6 +1834,7 @@ pub async fn a_failed_payout_can_be_claimed_again(db: &TestDb) {
         .job_finished(
             "j1",
             &WorkOutcome::Failed { reason: "x".into() },
+            &no_credit(),
             NOW + 4,
             REFUND_EXPIRES,
             msat(DUST),
@@ -1843,12 +1891,26 @@ pub async fn unclaimed_refunds_expire_into_the_pool(db: &TestDb) {
     let store = &*db.store;
     job_executing(store, "j1", 100_000).await;
     store
-        .job_finished("j1", &completed(37_500), NOW + 4, NOW + 10_000, msat(DUST))
+        .job_finished(
+            "j1",
+            &completed(37_500),
+            &no_credit(),
+            NOW + 4,
+            NOW + 10_000,
+            msat(DUST),
+        )
         .await
         .unwrap();
     job_executing(store, "j2", 100_000).await;
     store
-        .job_finished("j2", &completed(37_500), NOW + 4, NOW + 20_000, msat(DUST))
+        .job_finished(
+            "j2",
+            &completed(37_500),
+            &no_credit(),
+            NOW + 4,
+            NOW + 20_000,
+            msat(DUST),
+        )
         .await
         .unwrap();
     assert!(store.expired_refunds(NOW + 9_999).await.unwrap().is_empty());
@@ -2001,5 +2063,893 @@ async fn credit_once(store: &dyn Store) {
             .await
             .unwrap(),
         Credit::AlreadyCredited
+    );
+}
+
+// ---- identity, trust and the free tier ----
+
+/// A test identity key (64 hex digits).
+fn pk(i: u32) -> String {
+    format!("{i:064x}")
+}
+
+/// Accounting crediting the pool `pct` percent of each charge.
+fn credit(pct: u32) -> Accounting {
+    Accounting {
+        pool_credit_pct: pct,
+        ..Default::default()
+    }
+}
+
+/// A grant ask.
+fn ask(kind: GrantKind, pubkey: Option<&str>, cap: u64, allowance: Option<u64>) -> GrantAsk {
+    GrantAsk {
+        kind,
+        pubkey: pubkey.map(str::to_owned),
+        tier: if pubkey.is_some() {
+            Tier::Established
+        } else {
+            Tier::Anonymous
+        },
+        model: "free-model".to_owned(),
+        cap: msat(cap),
+        allowance: allowance.map(msat),
+    }
+}
+
+/// A hold bound to identity `pubkey`.
+fn hold_as(session: &str, request: &str, amount: u64, pubkey: &str) -> sluice_store::NewHold {
+    sluice_store::NewHold {
+        pubkey: Some(pubkey.to_owned()),
+        ..hold(session, request, amount)
+    }
+}
+
+/// The grant's posting count: how many `grant:<id>` transactions exist (0 or 1).
+async fn ledger_tx_count(store: &dyn Store) -> u64 {
+    store.check_ledger().await.unwrap().transactions
+}
+
+const TODAY: i64 = NOW / DAY_MS;
+
+pub async fn the_pool_is_seeded_once(db: &TestDb) {
+    let store = &*db.store;
+    assert!(
+        !store.seed_pool(Msat::ZERO, NOW).await.unwrap(),
+        "a zero seed writes nothing"
+    );
+    assert_eq!(ledger_tx_count(store).await, 0);
+    assert!(store.seed_pool(msat(100_000), NOW).await.unwrap());
+    // A second gateway starting with another setting does not seed again.
+    let other = db.reopen().await.unwrap();
+    assert!(!other.seed_pool(msat(500_000), NOW + 1).await.unwrap());
+    assert!(!store.seed_pool(msat(100_000), NOW + 2).await.unwrap());
+    let status = store.pool_status(TODAY).await.unwrap();
+    assert_eq!(
+        status,
+        PoolStatus {
+            balance: msat(100_000),
+            seeded: msat(100_000),
+            ..Default::default()
+        }
+    );
+    let report = consistent_ledger(store).await;
+    assert_eq!(
+        (report.seeded, report.pool, report.transactions),
+        (msat(100_000), msat(100_000), 1)
+    );
+    // The pool row is checked against its account.
+    db.raw("UPDATE pool SET balance_msat = balance_msat + 1")
+        .await;
+    let report = store.check_ledger().await.unwrap();
+    assert!(
+        report.pool_mismatch && !report.is_consistent(),
+        "{report:?}"
+    );
+}
+
+pub async fn a_paid_settle_credits_the_pool_and_the_identity(db: &TestDb) {
+    let store = &*db.store;
+    let alice = pk(1);
+    funded(store, "s1", 500_000).await;
+    assert!(is_held(
+        &store
+            .hold(&hold_as("s1", "r1", 400_000, &alice))
+            .await
+            .unwrap()
+    ));
+    let mut s = settle("r1", 300_000);
+    s.accounting = credit(10);
+    let settled = store.settle(&s).await.unwrap();
+    assert_eq!(
+        (settled.charged, settled.absorbed, settled.released),
+        (msat(300_000), Msat::ZERO, msat(100_000))
+    );
+    let row = store.request("r1").await.unwrap().unwrap();
+    assert_eq!(
+        (row.pubkey.as_deref(), row.absorbed),
+        (Some(alice.as_str()), None)
+    );
+    // 10 % of the charge feeds the pool; the operator keeps the rest.
+    let report = consistent_ledger(store).await;
+    assert_eq!((report.revenue, report.pool), (msat(270_000), msat(30_000)));
+    let status = store.pool_status(TODAY).await.unwrap();
+    assert_eq!(
+        (status.balance, status.credited, status.seeded),
+        (msat(30_000), msat(30_000), Msat::ZERO)
+    );
+    // Paying 300 sats earns 1 + 3 points.
+    let id = store.identity(&alice).await.unwrap().unwrap();
+    assert_eq!(
+        (id.score, id.successes, id.failures, id.paid),
+        (4, 1, 0, msat(300_000))
+    );
+    assert_eq!(id.last_seen_ms, NOW + 1_000);
+    // A released request is neither a success nor a failure, and credits nothing.
+    assert!(is_held(
+        &store
+            .hold(&hold_as("s1", "r2", 50_000, &alice))
+            .await
+            .unwrap()
+    ));
+    let r = store
+        .release("r2", RequestStatus::Failed, NOW + 2_000, &policy())
+        .await
+        .unwrap();
+    assert_eq!((r.charged, r.absorbed), (Msat::ZERO, Msat::ZERO));
+    let id = store.identity(&alice).await.unwrap().unwrap();
+    assert_eq!((id.score, id.successes, id.failures), (4, 1, 0));
+    assert_eq!(consistent_ledger(store).await.pool, msat(30_000));
+}
+
+pub async fn a_partial_grant_settles_the_rest_on_the_payer(db: &TestDb) {
+    let store = &*db.store;
+    let alice = pk(1);
+    store.seed_pool(msat(1_000_000), NOW).await.unwrap();
+    funded(store, "s1", 100_000).await;
+    // Estimate 10 000: the pool takes up to 4 000, the hold covers the payer's 6 000.
+    assert!(is_held(
+        &store
+            .hold(&hold_as("s1", "r1", 6_000, &alice))
+            .await
+            .unwrap()
+    ));
+    let mut s = settle("r1", 12_000);
+    s.grant = Some(ask(GrantKind::Chat, Some(&alice), 4_000, Some(50_000)));
+    s.accounting = credit(10);
+    let settled = store.settle(&s).await.unwrap();
+    // The answer cost 12 000: the pool pays its 4 000, the payer the rest capped at the hold.
+    assert_eq!(
+        (settled.charged, settled.absorbed, settled.released),
+        (msat(6_000), msat(4_000), Msat::ZERO)
+    );
+    let row = store.request("r1").await.unwrap().unwrap();
+    assert_eq!(
+        (row.absorbed, row.charged, row.uncharged),
+        (Some(msat(4_000)), Some(msat(6_000)), Some(msat(2_000)))
+    );
+    let grant = store.grant("r1").await.unwrap().unwrap();
+    assert_eq!(
+        grant,
+        GrantRow {
+            id: "r1".to_owned(),
+            kind: GrantKind::Chat,
+            pubkey: Some(alice.clone()),
+            tier: Tier::Established,
+            model: "free-model".to_owned(),
+            requested: msat(4_000),
+            absorbed: msat(4_000),
+            day: TODAY,
+            created_at_ms: NOW + 1_000,
+        }
+    );
+    let id = store.identity(&alice).await.unwrap().unwrap();
+    assert_eq!(
+        (id.absorbed_today, id.absorbed_day, id.absorbed, id.paid),
+        (msat(4_000), TODAY, msat(4_000), msat(6_000))
+    );
+    // Cheaper than estimated: the pool still pays first, the payer gets the rest of the hold back.
+    assert!(is_held(
+        &store
+            .hold(&hold_as("s1", "r2", 6_000, &alice))
+            .await
+            .unwrap()
+    ));
+    let mut s = settle("r2", 5_000);
+    s.grant = Some(ask(GrantKind::Chat, Some(&alice), 4_000, Some(50_000)));
+    s.accounting = credit(10);
+    let settled = store.settle(&s).await.unwrap();
+    assert_eq!(
+        (settled.charged, settled.absorbed, settled.released),
+        (msat(1_000), msat(4_000), msat(5_000))
+    );
+    let status = store.pool_status(TODAY).await.unwrap();
+    assert_eq!(
+        (
+            status.balance,
+            status.grants_today,
+            status.absorbed_today,
+            status.absorbed,
+            status.credited
+        ),
+        (
+            msat(1_000_000 - 8_000 + 600 + 100),
+            2,
+            msat(8_000),
+            msat(8_000),
+            msat(700)
+        )
+    );
+    assert_eq!(
+        store
+            .grants_for(&alice)
+            .await
+            .unwrap()
+            .iter()
+            .map(|g| g.id.as_str())
+            .collect::<Vec<_>>(),
+        ["r2", "r1"]
+    );
+    let report = consistent_ledger(store).await;
+    // The operator earns the whole cost of both answers, less the pool's credits.
+    assert_eq!(report.revenue, msat(12_000 - 2_000 + 5_000 - 700));
+    assert_eq!(report.seeded, msat(1_000_000));
+}
+
+pub async fn grants_are_capped_by_allowance_and_pool(db: &TestDb) {
+    let store = &*db.store;
+    let alice = pk(1);
+    let acct = no_credit();
+    store.seed_pool(msat(20_000), NOW).await.unwrap();
+    let a = ask(GrantKind::Chat, Some(&alice), 5_000, Some(6_000));
+    assert_eq!(
+        store
+            .record_grant("c1", &a, msat(5_000), &acct, NOW)
+            .await
+            .unwrap(),
+        msat(5_000)
+    );
+    // Only 1 000 of the daily 6 000 is left.
+    assert_eq!(
+        store
+            .record_grant("c2", &a, msat(5_000), &acct, NOW)
+            .await
+            .unwrap(),
+        msat(1_000)
+    );
+    let before = ledger_tx_count(store).await;
+    assert_eq!(
+        store
+            .record_grant("c3", &a, msat(5_000), &acct, NOW)
+            .await
+            .unwrap(),
+        Msat::ZERO
+    );
+    assert_eq!(store.grant("c3").await.unwrap(), None);
+    assert_eq!(ledger_tx_count(store).await, before, "a zero grant posted");
+    let id = store.identity(&alice).await.unwrap().unwrap();
+    assert_eq!((id.absorbed_today, id.successes), (msat(6_000), 2));
+    // The demo has no allowance: the pool's 14 000 left is the limit.
+    let demo = ask(GrantKind::Demo, None, 20_000, None);
+    assert_eq!(
+        store
+            .record_grant("d1", &demo, msat(25_000), &acct, NOW)
+            .await
+            .unwrap(),
+        msat(14_000)
+    );
+    let row = store.grant("d1").await.unwrap().unwrap();
+    assert_eq!(
+        (row.requested, row.absorbed, row.pubkey),
+        (msat(20_000), msat(14_000), None)
+    );
+    // The pool is empty: nothing more is absorbed or written.
+    assert_eq!(
+        store
+            .record_grant("d2", &demo, msat(1_000), &acct, NOW)
+            .await
+            .unwrap(),
+        Msat::ZERO
+    );
+    assert_eq!(store.grant("d2").await.unwrap(), None);
+    funded(store, "s1", 100_000).await;
+    assert!(is_held(
+        &store
+            .hold(&hold_as("s1", "r1", 6_000, &pk(2)))
+            .await
+            .unwrap()
+    ));
+    let mut s = settle("r1", 8_000);
+    s.grant = Some(ask(GrantKind::Chat, Some(&pk(2)), 4_000, Some(50_000)));
+    let before = ledger_tx_count(store).await;
+    let settled = store.settle(&s).await.unwrap();
+    // The payer pays it all, capped at the hold.
+    assert_eq!(
+        (settled.charged, settled.absorbed),
+        (msat(6_000), Msat::ZERO)
+    );
+    assert_eq!(
+        store.request("r1").await.unwrap().unwrap().absorbed,
+        Some(Msat::ZERO)
+    );
+    assert_eq!(store.grant("r1").await.unwrap(), None);
+    assert_eq!(
+        ledger_tx_count(store).await,
+        before + 1,
+        "only the settle was posted"
+    );
+    let status = store.pool_status(TODAY).await.unwrap();
+    assert_eq!(
+        (status.balance, status.absorbed, status.grants_today),
+        (Msat::ZERO, msat(20_000), 3)
+    );
+    consistent_ledger(store).await;
+}
+
+pub async fn the_allowance_starts_again_each_day(db: &TestDb) {
+    let store = &*db.store;
+    let alice = pk(1);
+    let acct = no_credit();
+    store.seed_pool(msat(100_000), NOW).await.unwrap();
+    let a = ask(GrantKind::Chat, Some(&alice), 5_000, Some(8_000));
+    let tomorrow = (TODAY + 1) * DAY_MS;
+    assert_eq!(
+        store
+            .record_grant("g1", &a, msat(5_000), &acct, tomorrow - 2)
+            .await
+            .unwrap(),
+        msat(5_000)
+    );
+    assert_eq!(
+        store
+            .record_grant("g2", &a, msat(5_000), &acct, tomorrow - 1)
+            .await
+            .unwrap(),
+        msat(3_000)
+    );
+    assert_eq!(
+        store
+            .record_grant("g3", &a, msat(5_000), &acct, tomorrow - 1)
+            .await
+            .unwrap(),
+        Msat::ZERO
+    );
+    // One millisecond later it is a new UTC day.
+    assert_eq!(
+        store
+            .record_grant("g4", &a, msat(5_000), &acct, tomorrow)
+            .await
+            .unwrap(),
+        msat(5_000)
+    );
+    let id = store.identity(&alice).await.unwrap().unwrap();
+    assert_eq!(
+        (id.absorbed_today, id.absorbed_day, id.absorbed),
+        (msat(5_000), TODAY + 1, msat(13_000))
+    );
+    let today = store.pool_status(TODAY).await.unwrap();
+    let next = store.pool_status(TODAY + 1).await.unwrap();
+    assert_eq!((today.grants_today, today.absorbed_today), (2, msat(8_000)));
+    assert_eq!((next.grants_today, next.absorbed_today), (1, msat(5_000)));
+    assert_eq!(next.balance, msat(100_000 - 13_000));
+    consistent_ledger(store).await;
+}
+
+pub async fn recording_a_grant_twice_absorbs_once(db: &TestDb) {
+    let store = &*db.store;
+    let alice = pk(1);
+    let acct = no_credit();
+    store.seed_pool(msat(100_000), NOW).await.unwrap();
+    let a = ask(GrantKind::Chat, Some(&alice), 4_000, Some(50_000));
+    assert_eq!(
+        store
+            .record_grant("x", &a, msat(4_000), &acct, NOW)
+            .await
+            .unwrap(),
+        msat(4_000)
+    );
+    let before = ledger_tx_count(store).await;
+    // A repeat, even asking for more, returns the first amount and writes nothing.
+    let more = ask(GrantKind::Chat, Some(&alice), 9_000, Some(50_000));
+    assert_eq!(
+        store
+            .record_grant("x", &more, msat(9_000), &acct, NOW + 1)
+            .await
+            .unwrap(),
+        msat(4_000)
+    );
+    assert_eq!(ledger_tx_count(store).await, before);
+    // Concurrent repeats of a new id, from two processes: one grant.
+    let other = db.reopen().await.unwrap();
+    let tasks: Vec<_> = (0..10)
+        .map(|i| {
+            let s = if i % 2 == 0 {
+                Arc::clone(&db.store)
+            } else {
+                Arc::clone(&other)
+            };
+            let a = a.clone();
+            tokio::spawn(async move {
+                s.record_grant("y", &a, msat(3_000), &no_credit(), NOW + 2)
+                    .await
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap(), msat(3_000));
+    }
+    let id = store.identity(&alice).await.unwrap().unwrap();
+    assert_eq!(
+        (id.absorbed, id.successes, id.score),
+        (msat(7_000), 2, 0),
+        "free answers earn no points"
+    );
+    let status = store.pool_status(TODAY).await.unwrap();
+    assert_eq!((status.balance, status.grants_today), (msat(93_000), 2));
+    assert_eq!(ledger_tx_count(store).await, before + 1);
+    consistent_ledger(store).await;
+}
+
+fn new_job_as(id: &str, pubkey: &str) -> NewJob {
+    NewJob {
+        pubkey: Some(pubkey.to_owned()),
+        ..new_job(id, EVAL_FEE)
+    }
+}
+
+async fn paid_eval(store: &dyn Store, id: &str, pubkey: &str) {
+    store.create_job(&new_job_as(id, pubkey)).await.unwrap();
+    let job = store
+        .job_invoice_paid(&format!("eval-{id}"), "e0", NOW + 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (job.state, job.pubkey.as_deref()),
+        (JobState::Evaluating, Some(pubkey))
+    );
+}
+
+pub async fn free_and_partial_jobs_use_the_pool(db: &TestDb) {
+    let store = &*db.store;
+    let alice = pk(1);
+    let acct = credit(10);
+    store.seed_pool(msat(1_000_000), NOW).await.unwrap();
+
+    // Free: no work invoice, straight to executing.
+    paid_eval(store, "j1", &alice).await;
+    let free = Evaluation::AcceptedFree {
+        grant: ask(GrantKind::Job, Some(&alice), 30_000, Some(50_000)),
+        btc_usd_micros: 100_000_000_000,
+        est_input_tokens: 40,
+        est_output_tokens: 300,
+    };
+    let job = store
+        .job_evaluated("j1", &free, &acct, NOW + 2, REFUND_EXPIRES, msat(DUST))
+        .await
+        .unwrap();
+    assert_eq!(
+        (job.state, job.work_invoice.clone()),
+        (JobState::Executing, None)
+    );
+    assert_eq!(
+        (job.free_tier.as_deref(), job.absorb_cap, job.absorbed),
+        (Some("free"), Some(msat(30_000)), None)
+    );
+    assert_eq!(
+        (job.work_btc_usd_micros, job.est_output_tokens),
+        (Some(100_000_000_000), Some(300))
+    );
+    assert!(
+        store
+            .pending_job_invoices(NOW + 2, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    consistent_ledger(store).await;
+    let job = store
+        .job_finished(
+            "j1",
+            &completed(25_000),
+            &acct,
+            NOW + 3,
+            REFUND_EXPIRES,
+            msat(DUST),
+        )
+        .await
+        .unwrap();
+    assert_eq!(job.state, JobState::Complete);
+    assert_eq!(
+        (job.absorbed, job.work_charged, job.refund_id.clone()),
+        (Some(msat(25_000)), Some(Msat::ZERO), None)
+    );
+    let grant = store.grant("j1").await.unwrap().unwrap();
+    assert_eq!(
+        (grant.kind, grant.absorbed, grant.model.as_str()),
+        (GrantKind::Job, msat(25_000), "worker")
+    );
+    let id = store.identity(&alice).await.unwrap().unwrap();
+    // It paid the evaluation fee (5.5 sats: one point), the pool the work.
+    assert_eq!(
+        (id.successes, id.paid, id.absorbed_today, id.score),
+        (1, msat(EVAL_FEE), msat(25_000), 1)
+    );
+
+    // Partial: quoted 40 000, the pool takes up to 10 000, the invoice asks 30 000.
+    paid_eval(store, "j2", &alice).await;
+    let partial = Evaluation::Accepted {
+        work_invoice: job_invoice("work-j2", 30_000),
+        grant: Some(ask(GrantKind::Job, Some(&alice), 10_000, Some(50_000))),
+        btc_usd_micros: 100_000_000_000,
+        est_input_tokens: 40,
+        est_output_tokens: 300,
+    };
+    let job = store
+        .job_evaluated("j2", &partial, &acct, NOW + 2, REFUND_EXPIRES, msat(DUST))
+        .await
+        .unwrap();
+    assert_eq!(
+        (job.state, job.free_tier.as_deref()),
+        (JobState::AwaitingWorkPayment, Some("partial"))
+    );
+    store
+        .job_invoice_paid("work-j2", "w0", NOW + 3)
+        .await
+        .unwrap()
+        .unwrap();
+    // The work cost 32 000: the pool 10 000, the payer 22 000 of its 30 000, 8 000 refunded.
+    let job = store
+        .job_finished(
+            "j2",
+            &completed(32_000),
+            &acct,
+            NOW + 4,
+            REFUND_EXPIRES,
+            msat(DUST),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (job.absorbed, job.work_charged),
+        (Some(msat(10_000)), Some(msat(22_000)))
+    );
+    let refund = store.refund("refund_j2").await.unwrap().unwrap();
+    assert_eq!(refund.refund.amount, msat(8_000));
+    let id = store.identity(&alice).await.unwrap().unwrap();
+    assert_eq!(
+        (id.successes, id.paid, id.absorbed_today),
+        (2, msat(2 * EVAL_FEE + 22_000), msat(35_000))
+    );
+    let status = store.pool_status(TODAY).await.unwrap();
+    // Credits: 10 % of two evaluation fees and of the 22 000 work charge.
+    assert_eq!(status.credited, msat(550 + 550 + 2_200));
+    assert_eq!(status.balance, msat(1_000_000 - 35_000 + 3_300));
+    let report = consistent_ledger(store).await;
+    assert_eq!(report.revenue, msat(2 * EVAL_FEE + 25_000 + 32_000 - 3_300));
+}
+
+pub async fn a_rejected_job_costs_its_identity_and_vouchers(db: &TestDb) {
+    let store = &*db.store;
+    let (voucher, vouchee) = (pk(1), pk(2));
+    let trust = TrustRules::default();
+    let v = store
+        .record_interaction(
+            &voucher,
+            Interaction::Paid {
+                paid: msat(10_000_000),
+            },
+            &trust,
+            NOW,
+        )
+        .await
+        .unwrap();
+    assert_eq!(v.score, trust.max_points_per_interaction);
+    let vouch = NewVouch {
+        voucher: voucher.clone(),
+        vouchee: vouchee.clone(),
+        event_id: "ev1".to_owned(),
+        now_ms: NOW,
+    };
+    assert_eq!(
+        store.add_vouch(&vouch, 5).await.unwrap(),
+        VouchOutcome::Added
+    );
+    store
+        .record_interaction(
+            &vouchee,
+            Interaction::Paid {
+                paid: msat(700_000),
+            },
+            &trust,
+            NOW,
+        )
+        .await
+        .unwrap();
+    paid_eval(store, "j1", &vouchee).await;
+    let rejected = Evaluation::Rejected {
+        reason: "no".into(),
+    };
+    let job = store
+        .job_evaluated(
+            "j1",
+            &rejected,
+            &credit(10),
+            NOW + 2,
+            REFUND_EXPIRES,
+            msat(DUST),
+        )
+        .await
+        .unwrap();
+    assert_eq!(job.state, JobState::Rejected);
+    let failed = store.identity(&vouchee).await.unwrap().unwrap();
+    // 8 points, less the failure penalty of 5.
+    assert_eq!((failed.score, failed.successes, failed.failures), (3, 1, 1));
+    let v = store.identity(&voucher).await.unwrap().unwrap();
+    assert_eq!(
+        v.score,
+        trust.max_points_per_interaction - trust.vouch_penalty
+    );
+    // The evaluation fee was still earned, and credits the pool.
+    assert_eq!(store.pool_status(TODAY).await.unwrap().credited, msat(550));
+    consistent_ledger(store).await;
+}
+
+pub async fn challenges_and_events_work_once(db: &TestDb) {
+    let store = &*db.store;
+    store.create_challenge("n1", NOW + 60_000).await.unwrap();
+    store.create_challenge("n2", NOW + 60_000).await.unwrap();
+    assert_eq!(
+        store.consume_challenge("n1", NOW).await.unwrap(),
+        ChallengeUse::Consumed
+    );
+    assert_eq!(
+        store.consume_challenge("n1", NOW).await.unwrap(),
+        ChallengeUse::Unknown
+    );
+    assert_eq!(
+        store.consume_challenge("never", NOW).await.unwrap(),
+        ChallengeUse::Unknown
+    );
+    assert_eq!(
+        store.consume_challenge("n2", NOW + 60_000).await.unwrap(),
+        ChallengeUse::Expired
+    );
+    assert_eq!(
+        store.consume_challenge("n2", NOW).await.unwrap(),
+        ChallengeUse::Unknown
+    );
+    assert!(store.remember_event("e1", NOW + 60_000, NOW).await.unwrap());
+    assert!(
+        !store
+            .remember_event("e1", NOW + 60_000, NOW + 1)
+            .await
+            .unwrap(),
+        "a replay"
+    );
+    // Once expired, an id is forgotten.
+    assert!(
+        store
+            .remember_event("e1", NOW + 120_000, NOW + 60_000)
+            .await
+            .unwrap()
+    );
+}
+
+pub async fn vouches_are_limited(db: &TestDb) {
+    let store = &*db.store;
+    let (elite, a, b, c) = (pk(1), pk(2), pk(3), pk(4));
+    let vouch = |vouchee: &str, ev: &str| NewVouch {
+        voucher: elite.clone(),
+        vouchee: vouchee.to_owned(),
+        event_id: ev.to_owned(),
+        now_ms: NOW,
+    };
+    assert_eq!(
+        store.add_vouch(&vouch(&a, "e1"), 2).await.unwrap(),
+        VouchOutcome::Added
+    );
+    assert_eq!(
+        store.add_vouch(&vouch(&a, "e2"), 2).await.unwrap(),
+        VouchOutcome::AlreadyVouched
+    );
+    assert_eq!(
+        store.add_vouch(&vouch(&b, "e3"), 2).await.unwrap(),
+        VouchOutcome::Added
+    );
+    assert_eq!(
+        store.add_vouch(&vouch(&c, "e4"), 2).await.unwrap(),
+        VouchOutcome::TooMany { max: 2 }
+    );
+    assert_eq!(
+        store.vouchees_of(&elite).await.unwrap(),
+        vec![a.clone(), b.clone()]
+    );
+    let vouchers = store.vouchers_of(&a).await.unwrap();
+    assert_eq!(
+        vouchers
+            .iter()
+            .map(|v| v.pubkey.as_str())
+            .collect::<Vec<_>>(),
+        [elite.as_str()]
+    );
+    // A voucher without an identity row is not listed.
+    db.raw(&format!(
+        "INSERT INTO vouches (voucher, vouchee, event_id, created_at) VALUES ('{}', '{a}', 'e5', 1)",
+        pk(9)
+    ))
+    .await;
+    assert_eq!(store.vouchers_of(&a).await.unwrap().len(), 1);
+    assert!(store.vouchers_of(&c).await.unwrap().is_empty());
+}
+
+pub async fn scores_decay_after_a_long_absence(db: &TestDb) {
+    let store = &*db.store;
+    let trust = TrustRules::default();
+    let alice = pk(1);
+    store
+        .record_interaction(
+            &alice,
+            Interaction::Paid {
+                paid: msat(10_000_000),
+            },
+            &trust,
+            NOW,
+        )
+        .await
+        .unwrap();
+    // Ten days away: nothing lost.
+    let t = store
+        .touch_identity(&alice, &trust, NOW + 10 * DAY_MS)
+        .await
+        .unwrap();
+    assert_eq!(
+        (t.score, t.last_seen_ms, t.first_seen_ms),
+        (20, NOW + 10 * DAY_MS, NOW)
+    );
+    // 61 days away: two 30-day periods at 25 %: 20 → 15 → 11.
+    let back = NOW + 71 * DAY_MS;
+    let t = store.touch_identity(&alice, &trust, back).await.unwrap();
+    assert_eq!((t.score, t.last_seen_ms), (11, back));
+    // Coming back again at once decays nothing more.
+    assert_eq!(
+        store
+            .touch_identity(&alice, &trust, back + 1)
+            .await
+            .unwrap()
+            .score,
+        11
+    );
+    // A new key starts at zero.
+    let fresh = store.touch_identity(&pk(2), &trust, NOW).await.unwrap();
+    assert_eq!(
+        (fresh.score, fresh.successes, fresh.first_seen_ms),
+        (0, 0, NOW)
+    );
+    assert_eq!(store.identity(&pk(3)).await.unwrap(), None);
+}
+
+pub async fn concurrent_grants_never_overdraw_the_pool(db: &TestDb) {
+    const SEED: u64 = 100_000;
+    const ALLOWANCE: u64 = 8_000;
+    const IDS: u32 = 40;
+    const GRANTS: u32 = 300;
+    const SESSIONS: u32 = 20;
+    db.store.seed_pool(msat(SEED), NOW).await.unwrap();
+    for s in 0..SESSIONS {
+        funded(&*db.store, &format!("s{s}"), 50_000).await;
+        let h = hold_as(&format!("s{s}"), &format!("r{s}"), 3_000, &pk(s % IDS));
+        assert!(is_held(&db.store.hold(&h).await.unwrap()));
+    }
+    let other = db.reopen().await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..GRANTS {
+        let store = if i % 2 == 0 {
+            Arc::clone(&db.store)
+        } else {
+            Arc::clone(&other)
+        };
+        let cap = 2_000 + u64::from(i * 37 % 3_001);
+        let a = ask(GrantKind::Chat, Some(&pk(i % IDS)), cap, Some(ALLOWANCE));
+        tasks.push(tokio::spawn(async move {
+            store
+                .record_grant(&format!("g{i}"), &a, msat(cap), &no_credit(), NOW)
+                .await
+                .map(|g| (g, msat(cap)))
+        }));
+        if i % 15 == 0 {
+            // A session request settled with a grant, at the same time.
+            let s = i / 15;
+            let store = if s % 2 == 0 {
+                Arc::clone(&other)
+            } else {
+                Arc::clone(&db.store)
+            };
+            let mut req = settle(&format!("r{s}"), 6_000);
+            req.grant = Some(ask(
+                GrantKind::Chat,
+                Some(&pk(s % IDS)),
+                3_000,
+                Some(ALLOWANCE),
+            ));
+            req.accounting = credit(10);
+            req.now_ms = NOW;
+            tasks.push(tokio::spawn(async move {
+                store.settle(&req).await.map(|s| (s.absorbed, msat(3_000)))
+            }));
+        }
+    }
+    let mut zero = 0;
+    let mut total = Msat::ZERO;
+    for t in tasks {
+        let (g, asked) = t.await.unwrap().unwrap();
+        assert!(g <= asked, "absorbed {g} of an ask of {asked}");
+        if g == Msat::ZERO {
+            zero += 1;
+        }
+        total = total.checked_add(g).unwrap();
+    }
+    assert!(zero > 0, "the pool or the allowances must have run out");
+    let status = db.store.pool_status(TODAY).await.unwrap();
+    // Every msat the pool paid out is accounted for, and it paid no more than it had.
+    assert_eq!(status.absorbed, total);
+    assert_eq!(
+        status.seeded.checked_add(status.credited).unwrap(),
+        status.balance.checked_add(status.absorbed).unwrap()
+    );
+    assert!(status.credited > Msat::ZERO);
+    // The pool was the binding limit: 40 allowances of 8 000 exceed it.
+    assert!(total < msat(u64::from(IDS) * ALLOWANCE));
+    assert!(
+        status.balance < msat(2_000),
+        "the pool was not drained: {status:?}"
+    );
+    let mut sum = Msat::ZERO;
+    for i in 0..IDS {
+        let grants = db.store.grants_for(&pk(i)).await.unwrap();
+        let mine = grants
+            .iter()
+            .fold(Msat::ZERO, |a, g| a.checked_add(g.absorbed).unwrap());
+        assert!(mine <= msat(ALLOWANCE), "{} absorbed {mine}", pk(i));
+        if let Some(id) = db.store.identity(&pk(i)).await.unwrap() {
+            assert_eq!(id.absorbed_today, mine);
+            assert_eq!(id.absorbed, mine);
+        } else {
+            assert_eq!(mine, Msat::ZERO);
+        }
+        sum = sum.checked_add(mine).unwrap();
+    }
+    assert_eq!(sum, total);
+    let report = consistent_ledger(&*db.store).await;
+    assert_eq!(report.pool, status.balance);
+}
+
+pub async fn upgrading_keeps_the_pool_it_had(db: &TestDb) {
+    // A ledger from before the free tier, whose pool already holds a refund remainder.
+    let legacy = "INSERT INTO sessions (id, state, balance_msat, held_msat, deposited_msat, spent_msat, created_at, \
+                  expires_at, updated_at) VALUES ('s1', 'active', 49300, 0, 50000, 0, 1, 2, 1); \
+                  INSERT INTO ledger_tx (id, kind, idempotency_key, created_at) VALUES \
+                  ('t1', 'deposit', 'deposit:h1', 1), ('t2', 'refund_to_pool', 'pool:x', 2); \
+                  INSERT INTO ledger_entry (tx_id, account, amount_msat) VALUES \
+                  ('t1', 'lightning:in', -50000), ('t1', 'session:s1', 50000), \
+                  ('t2', 'session:s1', -700), ('t2', 'pool:generosity', 700);";
+    let store = db.upgraded_from(3, legacy).await;
+    let report = consistent_ledger(&*store).await;
+    assert_eq!((report.pool, report.seeded), (msat(700), Msat::ZERO));
+    assert_eq!(store.pool_status(TODAY).await.unwrap().balance, msat(700));
+    // The new kinds are accepted.
+    assert!(store.seed_pool(msat(1_000), NOW).await.unwrap());
+    let demo = ask(GrantKind::Demo, None, 5_000, None);
+    assert_eq!(
+        store
+            .record_grant("d1", &demo, msat(5_000), &no_credit(), NOW)
+            .await
+            .unwrap(),
+        msat(1_700)
+    );
+    let report = consistent_ledger(&*store).await;
+    assert_eq!(
+        (report.pool, report.seeded, report.revenue),
+        (Msat::ZERO, msat(1_000), msat(1_700))
     );
 }

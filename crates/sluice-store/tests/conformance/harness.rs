@@ -7,8 +7,8 @@ use sluice_core::{Msat, SessionPolicy, TokenUsage};
 use sluice_store::postgres::PgStore;
 use sluice_store::sqlite::SqliteStore;
 use sluice_store::{
-    Credit, HoldOutcome, InvoicePurpose, NewHold, NewInvoice, NewSession, RequestStatus,
-    SettleRequest, SpendCap, Store,
+    Accounting, Credit, HoldOutcome, InvoicePurpose, NewHold, NewInvoice, NewSession,
+    RequestStatus, SettleRequest, SpendCap, Store,
 };
 use sqlx::postgres::PgConnectOptions;
 
@@ -250,6 +250,7 @@ pub fn new_session(id: &str, amount: u64) -> (NewSession, NewInvoice) {
             id: id.to_owned(),
             created_at_ms: NOW,
             expires_at_ms: NOW + 600_000,
+            pubkey: None,
         },
         invoice(&format!("dep-{id}"), id, amount, InvoicePurpose::Deposit),
     )
@@ -294,6 +295,7 @@ pub fn hold(session: &str, request: &str, amount: u64) -> NewHold {
         stream: false,
         now_ms: NOW,
         ttl_ms: TTL_MS,
+        pubkey: None,
     }
 }
 
@@ -310,6 +312,16 @@ pub fn settle(request: &str, actual: u64) -> SettleRequest {
         status: RequestStatus::Settled,
         now_ms: NOW + 1_000,
         policy: policy(),
+        grant: None,
+        accounting: no_credit(),
+    }
+}
+
+/// Accounting without pool credits, so revenue is exactly what was charged.
+pub fn no_credit() -> Accounting {
+    Accounting {
+        pool_credit_pct: 0,
+        ..Default::default()
     }
 }
 
