@@ -4,7 +4,8 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use sluice_core::{
-    BtcUsd, ModelRates, Msat, Posting, TokenUsage, UsdMicros, charge_for, reserve, settle,
+    Allowances, BtcUsd, ModelRates, Msat, Posting, Tier, TokenUsage, TrustRules, UsdMicros,
+    charge_for, decide_for, grant, reserve, settle,
 };
 use std::hint::black_box;
 
@@ -54,6 +55,31 @@ fn bench(c: &mut Criterion) {
                 s,
             )
             .unwrap()
+        })
+    });
+    let allowances = Allowances::default();
+    let trust = TrustRules::default();
+    c.bench_function("free_tier_decide", |b| {
+        b.iter(|| {
+            let score = trust.decayed(black_box(120), black_box(0), black_box(45 * 86_400_000));
+            decide_for(
+                trust.tier_of(score),
+                black_box(&allowances),
+                Msat::from_msat(black_box(30_000)),
+                Msat::from_msat(black_box(5_000_000)),
+                Msat::from_msat(black_box(28_000)),
+            )
+        })
+    });
+    c.bench_function("grant+posting", |b| {
+        b.iter(|| {
+            let g = grant(
+                Msat::from_msat(black_box(28_000)),
+                Msat::from_msat(black_box(18_000)),
+                Msat::from_msat(black_box(5_000_000)),
+                Some(Msat::from_msat(black_box(20_000))),
+            );
+            Posting::grant("req_0123456789abcdef01234567", g).unwrap()
         })
     });
 }

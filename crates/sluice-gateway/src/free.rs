@@ -169,7 +169,7 @@ pub async fn decide_for_pubkey(
             ask: None,
         });
     }
-    let pool = state.store.pool_status(day_of(now)).await?.balance;
+    let pool = state.store.pool_balance().await?;
     let absorbed_today = s.allowance.saturating_sub(s.left_today);
     let decision = decide_for(
         s.tier,
@@ -270,8 +270,7 @@ pub async fn demo(
     }))?;
     let priced = crate::pricing::price(&state, &body).await?;
     let estimate = priced.hold.hold;
-    let now = now_ms();
-    let pool = state.store.pool_status(day_of(now)).await?.balance;
+    let pool = state.store.pool_balance().await?;
     if pool < estimate {
         return Err(ApiError::unavailable(
             "pool_empty",

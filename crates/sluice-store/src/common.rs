@@ -2203,6 +2203,13 @@ macro_rules! store_impl {
                 Ok(seeded)
             }
 
+            async fn pool_balance(&self) -> Result<Msat, StoreError> {
+                let balance: Option<i64> = sqlx::query_scalar("SELECT balance_msat FROM pool WHERE id = 'generosity'")
+                    .fetch_optional(&self.pool)
+                    .await?;
+                msat(balance.ok_or_else(|| StoreError::Database("the pool row is missing".to_owned()))?)
+            }
+
             async fn pool_status(&self, day: i64) -> Result<PoolStatus, StoreError> {
                 let mut tx = self.begin_read().await?;
                 let balance: Option<i64> = sqlx::query_scalar("SELECT balance_msat FROM pool WHERE id = 'generosity'")

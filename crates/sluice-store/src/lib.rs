@@ -872,7 +872,11 @@ pub trait Store: Send + Sync + 'static {
     /// was seeded before, whatever the amount then. True when seeded now.
     async fn seed_pool(&self, amount: Msat, now_ms: i64) -> Result<bool, StoreError>;
 
-    /// The pool's balance, totals, and the grants of UTC day `day`.
+    /// The pool's balance now (one row read: for decisions on every request).
+    async fn pool_balance(&self) -> Result<Msat, StoreError>;
+
+    /// The pool's balance, totals, and the grants of UTC day `day` (sums over
+    /// the ledger and the audit rows: for `GET /v1/pool`, not per request).
     async fn pool_status(&self, day: i64) -> Result<PoolStatus, StoreError>;
 
     /// Record a grant for work done outside a session hold (a fully free chat

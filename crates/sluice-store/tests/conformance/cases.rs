@@ -2124,6 +2124,7 @@ pub async fn the_pool_is_seeded_once(db: &TestDb) {
     let other = db.reopen().await.unwrap();
     assert!(!other.seed_pool(msat(500_000), NOW + 1).await.unwrap());
     assert!(!store.seed_pool(msat(100_000), NOW + 2).await.unwrap());
+    assert_eq!(store.pool_balance().await.unwrap(), msat(100_000));
     let status = store.pool_status(TODAY).await.unwrap();
     assert_eq!(
         status,
