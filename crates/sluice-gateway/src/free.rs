@@ -10,7 +10,9 @@
 //!    pool's balance and the identity's allowance left, in the same
 //!    transaction as the request's settlement.
 //!
-//! When the pool has run dry between decision and grant, the pool absorbs
+//! Decisions count what this process has already promised to requests in
+//! flight ([`InFlight`]). When the pool has still run dry between decision
+//! and grant (another process, or a job, spent it), the pool absorbs
 //! what it has; a payer is charged the rest up to what it held or paid, and
 //! what is left is the operator's loss (never the payer's, never the pool's).
 
@@ -106,6 +108,9 @@ pub struct FreeDecision {
     pub tier: Tier,
     /// What to record after the work (absent for a gate).
     pub ask: Option<GrantAsk>,
+    /// This process's promise of the pool's sats, held until the grant is
+    /// recorded (chat requests keep it with their meter).
+    pub reservation: Option<std::sync::Arc<Reservation>>,
 }
 
 impl FreeDecision {
@@ -117,6 +122,7 @@ impl FreeDecision {
             },
             tier: Tier::Anonymous,
             ask: None,
+            reservation: None,
         }
     }
 
@@ -167,17 +173,26 @@ pub async fn decide_for_pubkey(
             },
             tier: s.tier,
             ask: None,
+            reservation: None,
         });
     }
     let pool = state.store.pool_balance().await?;
     let absorbed_today = s.allowance.saturating_sub(s.left_today);
-    let decision = decide_for(
-        s.tier,
-        &state.free.allowances,
-        absorbed_today,
-        pool,
-        estimate,
-    );
+    // Decide against what is not already promised to this process's requests
+    // in flight, and promise this one's share until its grant is recorded.
+    let (decision, reservation) = state
+        .free_inflight
+        .decide(pubkey, |pending_pool, pending_id| {
+            decide_for(
+                s.tier,
+                &state.free.allowances,
+                absorbed_today
+                    .checked_add(pending_id)
+                    .unwrap_or(s.allowance),
+                pool.saturating_sub(pending_pool),
+                estimate,
+            )
+        });
     let ask = (decision.absorb() > Msat::ZERO).then(|| GrantAsk {
         kind,
         pubkey: Some(pubkey.to_owned()),
@@ -190,7 +205,84 @@ pub async fn decide_for_pubkey(
         decision,
         tier: s.tier,
         ask,
+        reservation,
     })
+}
+
+/// What this process has decided the pool will absorb for requests whose
+/// grants are not recorded yet, in all and per identity. Decisions subtract
+/// it, so a burst of concurrent requests cannot all be promised the same
+/// sats: without it they would all be served, and the pool (bounded at the
+/// grant) would pay for only some of them, the operator for the rest.
+/// Other gateway processes on the database keep their own; the grant's
+/// bounds in the store are what hold across them.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    inner: std::sync::Mutex<Pending>,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    pool: u64,
+    by_identity: std::collections::HashMap<String, u64>,
+}
+
+impl InFlight {
+    /// Decide with `f(pending for the pool, pending for this identity)` and
+    /// reserve what the decision absorbs, under one lock.
+    fn decide(
+        self: &std::sync::Arc<Self>,
+        pubkey: &str,
+        f: impl FnOnce(Msat, Msat) -> Decision,
+    ) -> (Decision, Option<std::sync::Arc<Reservation>>) {
+        let Ok(mut p) = self.inner.lock() else {
+            return (f(Msat::ZERO, Msat::ZERO), None);
+        };
+        let mine = p.by_identity.get(pubkey).copied().unwrap_or(0);
+        let d = f(Msat::from_msat(p.pool), Msat::from_msat(mine));
+        let amount = d.absorb().msat();
+        if amount == 0 {
+            return (d, None);
+        }
+        p.pool = p.pool.saturating_add(amount);
+        *p.by_identity.entry(pubkey.to_owned()).or_default() += amount;
+        let r = Reservation {
+            inflight: self.clone(),
+            pubkey: pubkey.to_owned(),
+            amount,
+        };
+        (d, Some(std::sync::Arc::new(r)))
+    }
+
+    /// What is promised now, in all.
+    pub fn pending(&self) -> Msat {
+        self.inner
+            .lock()
+            .map_or(Msat::ZERO, |p| Msat::from_msat(p.pool))
+    }
+}
+
+/// A promise of the pool's sats to one request; released when dropped (after
+/// its grant is recorded, or when the request ends without one).
+#[derive(Debug)]
+pub struct Reservation {
+    inflight: std::sync::Arc<InFlight>,
+    pubkey: String,
+    amount: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Ok(mut p) = self.inflight.inner.lock() {
+            p.pool = p.pool.saturating_sub(self.amount);
+            if let Some(v) = p.by_identity.get_mut(&self.pubkey) {
+                *v = v.saturating_sub(self.amount);
+                if *v == 0 {
+                    p.by_identity.remove(&self.pubkey);
+                }
+            }
+        }
+    }
 }
 
 /// `GET /v1/pool`: the generosity pool.
@@ -208,6 +300,7 @@ pub async fn pool(State(state): State<AppState>) -> Result<Json<Value>, ApiError
             "grants": p.grants_today,
             "absorbed_msat": p.absorbed_today.msat(),
         },
+        "promised_in_flight_msat": state.free_inflight.pending().msat(),
         "free_tier_enabled": state.free.enabled,
         "pool_credit_pct": state.free.accounting.pool_credit_pct,
         "daily_allowance_sats": {

@@ -74,6 +74,8 @@ pub struct AppState {
     pub job_models: Option<crate::jobs::JobModels>,
     /// Free-tier settings.
     pub free: crate::free::FreeTier,
+    /// What this process has promised from the pool to requests in flight.
+    pub free_inflight: Arc<crate::free::InFlight>,
     /// Identity settings.
     pub identity: crate::config::IdentityConfig,
     /// Demo endpoint settings.

@@ -396,6 +396,7 @@ pub async fn build_state_with_store(
         job_models: job_models_of(cfg, &models_for_jobs)?,
         jobs: cfg.jobs.clone(),
         free,
+        free_inflight: Arc::default(),
         identity: cfg.identity.clone(),
         demo: cfg.demo.clone(),
         demo_limiter: Arc::new(RateLimiter::new(

@@ -246,6 +246,14 @@ async fn pool_holds_under_concurrent_free_requests(db: Db) {
         .map(|v| v["absorbed_msat"].as_u64().unwrap())
         .sum();
     assert_eq!(absorbed_in_responses, status.absorbed.msat());
+    // Decisions count what is already promised to requests in flight, so every
+    // free answer was paid by the pool in full (4 prompt + 7 output tokens):
+    // none was left to the operator.
+    for v in &served {
+        assert_eq!(v["free_tier"], "free", "{v}");
+        assert_eq!(v["absorbed_msat"], 4 * 100 + 7 * 200, "{v}");
+    }
+    assert_eq!(app.pool().await["promised_in_flight_msat"], 0);
     assert_eq!(status.absorbed_today, status.absorbed);
     // No identity exceeded its allowance.
     for k in &keys {
