@@ -2,6 +2,7 @@
 
 mod cli_config;
 mod demo;
+mod identity;
 mod local;
 mod serve;
 mod wallet;
@@ -62,6 +63,51 @@ enum Command {
     },
     /// Fetch the bundled default model into the cache (done on first use otherwise).
     FetchModel,
+    /// A Nostr identity for the command line: make a key, log in, show its standing, vouch.
+    Identity {
+        #[command(subcommand)]
+        command: IdentityCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum IdentityCommand {
+    /// Make a new key; prints its public key and npub.
+    Keygen {
+        /// Write the secret key (hex) to this new file, readable by its owner only.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Log in to a gateway: prints an identity token to send as X-Nostr-Token.
+    Login {
+        /// File holding the secret key (hex); default: the SLUICE_NOSTR_KEY variable.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// The gateway.
+        #[arg(long, env = "SLUICE_GATEWAY", default_value = "http://127.0.0.1:8080")]
+        gateway: String,
+    },
+    /// The key's standing at a gateway (tier, score, free allowance), asked with NIP-98.
+    Me {
+        /// File holding the secret key (hex); default: the SLUICE_NOSTR_KEY variable.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// The gateway.
+        #[arg(long, env = "SLUICE_GATEWAY", default_value = "http://127.0.0.1:8080")]
+        gateway: String,
+    },
+    /// Vouch for another key (only elite identities may).
+    Vouch {
+        /// File holding the secret key (hex); default: the SLUICE_NOSTR_KEY variable.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// The key vouched for: npub or hex.
+        #[arg(long = "for")]
+        vouchee: String,
+        /// The gateway.
+        #[arg(long, env = "SLUICE_GATEWAY", default_value = "http://127.0.0.1:8080")]
+        gateway: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -111,6 +157,16 @@ async fn main() -> anyhow::Result<()> {
             command: WalletCommand::Pay { bolt11, gateway },
         } => wallet::pay(&bolt11, &gateway).await,
         Command::CheckLedger { config } => serve::check_ledger(config).await,
+        Command::Identity { command } => match command {
+            IdentityCommand::Keygen { out } => identity::keygen(out),
+            IdentityCommand::Login { key, gateway } => identity::login(key, &gateway).await,
+            IdentityCommand::Me { key, gateway } => identity::me(key, &gateway).await,
+            IdentityCommand::Vouch {
+                key,
+                vouchee,
+                gateway,
+            } => identity::vouch(key, &gateway, &vouchee).await,
+        },
         Command::FetchModel => {
             let path = tokio::task::spawn_blocking(local::ensure_default_model).await??;
             println!("{}", path.display());

@@ -577,3 +577,76 @@ async fn a_nostr_client_logs_in_and_signs_requests_with_nostr_tools() {
     gw.stop().await;
     check_ledger(&config);
 }
+
+/// Run the sluice binary off the async runtime: (success, stdout, stderr).
+async fn sluice_cmd(args: &[&str]) -> (bool, String, String) {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new(BIN).args(&args).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_identity_commands_make_a_key_log_in_and_show_its_standing() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let upstream = spawn_fake_openai(FakeBehaviour::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite://{}", dir.path().join("id.db").display());
+    let config = write_config(dir.path(), &db_url, &upstream.base_url, "");
+    let gw = Gateway::start(&config);
+    let key = dir.path().join("nostr.key");
+    let key = key.to_str().unwrap();
+    let (ok, out, err) = sluice_cmd(&["identity", "keygen", "--out", key]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("npub1"), "{out}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(key).unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "the secret key is readable by its owner only"
+        );
+    }
+    // Never overwrites a key.
+    let (ok, _, err) = sluice_cmd(&["identity", "keygen", "--out", key]).await;
+    assert!(!ok);
+    assert!(err.contains("must not exist"), "{err}");
+
+    let (ok, out, err) =
+        sluice_cmd(&["identity", "login", "--key", key, "--gateway", &gw.base]).await;
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["tier"], "new");
+    let token = v["token"].as_str().unwrap().to_owned();
+    let pubkey = v["pubkey"].as_str().unwrap().to_owned();
+
+    let (ok, out, err) = sluice_cmd(&["identity", "me", "--key", key, "--gateway", &gw.base]).await;
+    assert!(ok, "{err}");
+    let me: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(me["pubkey"], pubkey);
+    assert_eq!(me["tier"], "new");
+    // The token works as a header too.
+    let r = reqwest::Client::new()
+        .get(format!("{}/v1/identity/me", gw.base))
+        .header("X-Nostr-Token", token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // A key that is not one is refused clearly.
+    let bad = dir.path().join("bad.key");
+    std::fs::write(&bad, "zz").unwrap();
+    let (ok, _, err) = sluice_cmd(&["identity", "me", "--key", bad.to_str().unwrap()]).await;
+    assert!(!ok);
+    assert!(err.contains("not 64 hex"), "{err}");
+    gw.stop().await;
+}

@@ -450,3 +450,62 @@ async fn the_demo_answers_from_the_pool_and_is_limited_per_ip() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_session_created_with_an_identity_earns_for_it() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let keys = Keys::generate();
+    let token = app.login(&keys).await;
+    let r = app
+        .post_as(
+            "/v1/sessions",
+            json!({"amount_sats": 1_000}),
+            None,
+            Some(&token),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["pubkey"], keys.public_hex());
+    let mac = v["macaroon"].as_str().unwrap().to_owned();
+    app.pay(v["invoice"]["bolt11"].as_str().unwrap()).await;
+    // Requests on the session without any identity header count for its identity.
+    for _ in 0..2 {
+        let r = app.chat(&mac, chat_body(10)).await;
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let me = app.me(&token).await;
+    assert_eq!(me["interactions"]["successful"], 2, "{me}");
+    assert!(me["paid_msat"].as_u64().unwrap() > 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_free_streamed_answer_carries_the_free_tier_in_its_last_chunk() {
+    let app = TestApp::spawn(Db::Postgres).await;
+    let keys = Keys::generate();
+    establish(&app, &keys).await;
+    let token = app.login(&keys).await;
+    let mut body = chat_body(10);
+    body["stream"] = true.into();
+    let r = app
+        .post_as("/v1/chat/completions", body, None, Some(&token))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["x-sluice-free-tier"], "free");
+    assert!(r.headers().get("x-sluice-balance-msat").is_none());
+    let text = r.text().await.unwrap();
+    let last = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .last()
+        .unwrap();
+    let v: Value = serde_json::from_str(last).unwrap();
+    assert_eq!(v["free_tier"], "free", "{v}");
+    assert_eq!(v["absorbed_msat"], 4 * 100 + 7 * 200);
+    assert_eq!(v["usage"]["cost_msat"], 0);
+    assert_eq!(v["sluice"]["tier"], "established");
+    app.assert_ledger_consistent().await;
+    app.stop().await;
+}
