@@ -4,8 +4,8 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use sluice_core::{
-    Allowances, BtcUsd, ModelRates, Msat, Posting, Tier, TokenUsage, TrustRules, UsdMicros,
-    charge_for, decide_for, grant, reserve, settle,
+    Allowances, BtcUsd, ModelRates, Msat, Posting, TokenUsage, TrustRules, UsdMicros, charge_for,
+    decide_for, grant, reserve, settle,
 };
 use std::hint::black_box;
 
