@@ -498,8 +498,7 @@ async fn a_free_streamed_answer_carries_the_free_tier_in_its_last_chunk() {
     let last = text
         .lines()
         .filter_map(|l| l.strip_prefix("data: "))
-        .filter(|d| *d != "[DONE]")
-        .last()
+        .rfind(|d| *d != "[DONE]")
         .unwrap();
     let v: Value = serde_json::from_str(last).unwrap();
     assert_eq!(v["free_tier"], "free", "{v}");
