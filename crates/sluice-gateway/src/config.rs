@@ -314,6 +314,8 @@ pub struct IdentityConfig {
     pub event_window_secs: u64,
     /// Most keys one elite identity may vouch for.
     pub max_vouches: u32,
+    /// NIP-98 signed requests allowed per client IP per minute (0 = unlimited).
+    pub nip98_per_minute: u32,
 }
 
 impl Default for IdentityConfig {
@@ -323,6 +325,7 @@ impl Default for IdentityConfig {
             token_ttl_secs: 30 * 86_400,
             event_window_secs: 60,
             max_vouches: 5,
+            nip98_per_minute: 120,
         }
     }
 }

@@ -21,7 +21,6 @@ use std::net::SocketAddr;
 use axum::{
     Json,
     extract::{ConnectInfo, Query, State},
-    http::{HeaderValue, header},
     response::{IntoResponse, Response},
 };
 use serde::Deserialize;
@@ -340,15 +339,13 @@ pub async fn demo(
     )?;
     let text = q.request.unwrap_or_default();
     if let Err(wait) = state.demo_limiter.check(Some(addr.ip())) {
-        let mut r = ApiError::rate_limited(format!(
-            "the demo answers {} requests per hour per client; retry in {wait} s, or pay for answers (POST /v1/sessions)",
-            state.demo.per_hour
-        ))
-        .into_response();
-        if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
-            r.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        return Ok(r);
+        return Ok(crate::ratelimit::too_many(
+            wait,
+            format!(
+                "the demo answers {} requests per hour per client; retry in {wait} s, or pay for answers (POST /v1/sessions)",
+                state.demo.per_hour
+            ),
+        ));
     }
     // The cheapest model by output price.
     let model = state

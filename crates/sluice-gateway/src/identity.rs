@@ -109,6 +109,21 @@ fn request_url(state: &AppState, headers: &HeaderMap, uri: &axum::http::Uri) -> 
 /// Middleware: verify an identity token or a NIP-98 header when one is
 /// present and record the [`Identity`]; refuse the request when it is bad.
 pub async fn identify(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    // Anyone can make keys and sign: each signed request costs the gateway a
+    // stored event id and perhaps a new identity, so they are limited per IP.
+    let signed = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(is_nostr_auth);
+    if signed && let Err(wait) = state.nip98_limiter.check(crate::ratelimit::client_ip(&req)) {
+        return crate::ratelimit::too_many(
+            wait,
+            format!(
+                "too many NIP-98 signed requests from this address; retry in {wait} s, or log in once and send X-Nostr-Token"
+            ),
+        );
+    }
     match identify_inner(&state, req).await {
         Ok(req) => next.run(req).await,
         Err(e) => e.into_response(),

@@ -78,21 +78,27 @@ pub async fn limit_anonymous(State(state): State<AppState>, req: Request, next: 
 
 /// Middleware applying the limiter.
 pub async fn limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let ip = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
+    let ip = client_ip(&req);
     match state.limiter.check(ip) {
         Ok(()) => next.run(req).await,
-        Err(wait) => {
-            let mut r = ApiError::rate_limited(format!("too many requests; retry in {wait} s"))
-                .into_response();
-            if let Ok(v) = wait.to_string().parse() {
-                r.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
-            }
-            r
-        }
+        Err(wait) => too_many(wait, format!("too many requests; retry in {wait} s")),
     }
+}
+
+/// A 429 with `Retry-After: wait` and `message`.
+pub fn too_many(wait: u64, message: String) -> Response {
+    let mut r = ApiError::rate_limited(message).into_response();
+    if let Ok(v) = wait.to_string().parse() {
+        r.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+    }
+    r
+}
+
+/// The client IP of a request, when the server recorded it.
+pub fn client_ip<B>(req: &axum::http::Request<B>) -> Option<IpAddr> {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
 }
 
 #[cfg(test)]

@@ -80,6 +80,8 @@ pub struct AppState {
     pub identity: crate::config::IdentityConfig,
     /// Demo endpoint settings.
     pub demo: crate::config::DemoConfig,
+    /// Per-IP limiter of NIP-98 signed requests.
+    pub nip98_limiter: Arc<RateLimiter>,
     /// Per-IP hourly limiter of the demo endpoint.
     pub demo_limiter: Arc<RateLimiter>,
     /// The gateway's public base URL, if configured (NIP-98 URLs are checked against it).

@@ -399,6 +399,10 @@ pub async fn build_state_with_store(
         free_inflight: Arc::default(),
         identity: cfg.identity.clone(),
         demo: cfg.demo.clone(),
+        nip98_limiter: Arc::new(RateLimiter::new(
+            cfg.identity.nip98_per_minute,
+            Duration::from_secs(60),
+        )),
         demo_limiter: Arc::new(RateLimiter::new(
             cfg.demo.per_hour,
             Duration::from_secs(3600),

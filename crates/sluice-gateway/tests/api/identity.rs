@@ -381,3 +381,46 @@ async fn an_elite_identity_vouches_and_the_vouchee_rises_one_tier() {
     assert_eq!(after, before - trust.vouch_penalty);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn signed_requests_are_limited_per_address() {
+    let app = TestApp::spawn_with(Db::Sqlite, Default::default(), |c| {
+        c.identity.nip98_per_minute = 2;
+    })
+    .await;
+    let url = app.url("/v1/identity/me");
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        // A fresh key each time: new keys are exactly what the limit is for.
+        let keys = Keys::generate();
+        let r = app
+            .http
+            .get(&url)
+            .header("Authorization", nip98(&keys, &url, "GET", b"", now_secs()))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status());
+        if r.status() == StatusCode::TOO_MANY_REQUESTS {
+            let wait: u64 = r.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(wait > 0 && wait <= 60);
+        }
+    }
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
+    // Identity tokens are not limited this way.
+    let keys = Keys::generate();
+    let token = app.login(&keys).await;
+    assert_eq!(app.me(&token).await["pubkey"], keys.public_hex());
+    app.stop().await;
+}
