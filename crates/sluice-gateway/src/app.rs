@@ -87,13 +87,19 @@ pub fn app(state: AppState, max_body_bytes: usize) -> Router {
                 )),
         );
     }
-    router
+    let cors = cors(&state.cors_origins);
+    let router = router
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             state.clone(),
             crate::identity::identify,
         ))
-        .with_state(state)
+        .with_state(state);
+    let router = match cors {
+        Some(c) => router.layer(c),
+        None => router,
+    };
+    router
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
@@ -109,6 +115,41 @@ pub fn app(state: AppState, max_body_bytes: usize) -> Router {
             HeaderName::from_static(crate::identity::TOKEN_HEADER),
         ]))
         .layer(CatchPanicLayer::custom(|_| ApiError::internal(&"handler panicked").into_response()))
+}
+
+/// The CORS layer for browser clients on other origins (a page logging in
+/// with a NIP-07 extension), when any origin is configured.
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{Method, header};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| o.parse().ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static(crate::identity::TOKEN_HEADER),
+            ])
+            .expose_headers([
+                header::WWW_AUTHENTICATE,
+                header::RETRY_AFTER,
+                HeaderName::from_static("x-sluice-cost-msat"),
+                HeaderName::from_static("x-sluice-balance-msat"),
+                HeaderName::from_static("x-sluice-hold-msat"),
+                HeaderName::from_static("x-sluice-request-id"),
+                HeaderName::from_static("x-sluice-free-tier"),
+                HeaderName::from_static("x-sluice-absorbed-msat"),
+            ]),
+    )
 }
 
 /// Serve `app` on `listener` until `shutdown` resolves, then wait for

@@ -90,6 +90,9 @@ pub struct ServerConfig {
     pub public_rate_per_minute: u32,
     /// A gateway process silent this long is presumed dead and its open holds are released.
     pub instance_stale_secs: u64,
+    /// Web origins allowed to call the API from a browser (CORS), e.g. a page that logs in
+    /// with a NIP-07 extension; `["*"]` allows any. Empty: no CORS headers.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -102,6 +105,7 @@ impl Default for ServerConfig {
             public_url: None,
             public_rate_per_minute: 60,
             instance_stale_secs: DEFAULT_INSTANCE_STALE_SECS,
+            cors_origins: Vec::new(),
         }
     }
 }

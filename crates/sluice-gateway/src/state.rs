@@ -88,6 +88,8 @@ pub struct AppState {
     pub public_url: Option<String>,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// Browser origins allowed by CORS (`*`: any; empty: none).
+    pub cors_origins: Vec<String>,
 }
 
 impl AppState {

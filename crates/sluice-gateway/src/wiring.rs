@@ -365,6 +365,17 @@ pub async fn build_state_with_store(
         crate::tokens::warm(m.tokenizer);
     }
     let root_secret = store.secret("macaroon_root", rand::random()).await?;
+    for o in &cfg.server.cors_origins {
+        let ok = o == "*"
+            || ((o.starts_with("http://") || o.starts_with("https://"))
+                && axum::http::HeaderValue::from_str(o).is_ok()
+                && !o.ends_with('/'));
+        if !ok {
+            return Err(BuildError::Config(format!(
+                "server.cors_origins: {o:?} is not an origin like \"https://app.example\" (scheme and host, no path) or \"*\""
+            )));
+        }
+    }
     let free = free_tier_of(cfg)?;
     let seed = Msat::from_sats(cfg.free_tier.pool_seed_sats)
         .map_err(|e| BuildError::Config(format!("free_tier.pool_seed_sats: {e}")))?;
@@ -409,6 +420,7 @@ pub async fn build_state_with_store(
         )),
         public_url: cfg.server.public_url.clone(),
         max_body_bytes: cfg.server.max_body_bytes,
+        cors_origins: cfg.server.cors_origins.clone(),
     })
 }
 

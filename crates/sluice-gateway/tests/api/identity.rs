@@ -424,3 +424,49 @@ async fn signed_requests_are_limited_per_address() {
     assert_eq!(app.me(&token).await["pubkey"], keys.public_hex());
     app.stop().await;
 }
+
+#[tokio::test]
+async fn browser_pages_on_allowed_origins_may_send_identities() {
+    let app = TestApp::spawn_with(Db::Sqlite, Default::default(), |c| {
+        c.server.cors_origins = vec!["https://app.example".into()];
+    })
+    .await;
+    let preflight = |origin: &'static str| {
+        let http = app.http.clone();
+        let url = app.url("/v1/identity/me");
+        async move {
+            http.request(reqwest::Method::OPTIONS, url)
+                .header("Origin", origin)
+                .header("Access-Control-Request-Method", "GET")
+                .header("Access-Control-Request-Headers", "x-nostr-token")
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let r = preflight("https://app.example").await;
+    assert!(r.status().is_success(), "{}", r.status());
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let allowed = r.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(allowed.contains("x-nostr-token"), "{allowed}");
+    let r = preflight("https://evil.example").await;
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+    app.stop().await;
+
+    // A malformed origin is a configuration error, not a silent no-op.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut cfg = super::helpers::test_config("http://127.0.0.1:9/v1");
+    cfg.server.cors_origins = vec!["app.example/".into()];
+    let store = sluice_store::connect("sqlite::memory:").await.unwrap();
+    let err = sluice_gateway::build_state_with_store(&cfg, store, Default::default())
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("cors_origins"), "{err}");
+}
