@@ -12,7 +12,9 @@
 //! 1. latency (p50/p99) of a non-streaming request sent straight to the upstream, and the same
 //!    request paid from the session through the gateway, one at a time — the difference is the
 //!    latency the gateway adds (auth, estimate, hold, settle: two database transactions);
-//! 2. paid requests per second at saturation (64 concurrent clients).
+//! 2. paid requests per second at saturation (64 concurrent clients);
+//! 3. the same request answered free for a Nostr identity (`X-Nostr-Token`, no payment):
+//!    its added latency one at a time (identity token, standing, decision, grant after the work).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
@@ -36,18 +38,30 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// How a request presents itself.
+#[derive(Clone, Copy)]
+enum Cred<'a> {
+    None,
+    /// A session macaroon.
+    Bearer(&'a str),
+    /// An identity token.
+    Nostr(&'a str),
+}
+
 async fn latencies(
     http: &reqwest::Client,
     url: &str,
-    token: Option<&str>,
+    cred: Cred<'_>,
     body: &Value,
     n: usize,
 ) -> Vec<Duration> {
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         let mut r = http.post(url).json(body);
-        if let Some(t) = token {
-            r = r.bearer_auth(t);
+        match cred {
+            Cred::None => {}
+            Cred::Bearer(t) => r = r.bearer_auth(t),
+            Cred::Nostr(t) => r = r.header("X-Nostr-Token", t),
         }
         let t0 = Instant::now();
         let resp = r.send().await.unwrap();
@@ -69,6 +83,9 @@ async fn main() {
     cfg.oracle.fixed_btc_usd = Some(100_000.0);
     cfg.sessions.max_deposit_sats = 100_000_000;
     cfg.server.public_rate_per_minute = 0;
+    // Every identity gets a free allowance, from a pool large enough for the run.
+    cfg.free_tier.allowance_new_sats = 10_000_000;
+    cfg.free_tier.pool_seed_sats = 10_000_000;
     cfg.models = vec![ModelConfig {
         name: "fake-model".into(),
         kind: ModelKind::Openai,
@@ -139,11 +156,25 @@ async fn main() {
     let paid_url = format!("{base}/v1/chat/completions");
 
     // Warm up both paths.
-    latencies(&http, &direct_url, None, &direct_body, 200).await;
-    latencies(&http, &paid_url, Some(&mac), &body, 200).await;
+    latencies(&http, &direct_url, Cred::None, &direct_body, 200).await;
+    latencies(&http, &paid_url, Cred::Bearer(&mac), &body, 200).await;
 
-    let d = latencies(&http, &direct_url, None, &direct_body, LATENCY_REQUESTS).await;
-    let g = latencies(&http, &paid_url, Some(&mac), &body, LATENCY_REQUESTS).await;
+    let d = latencies(
+        &http,
+        &direct_url,
+        Cred::None,
+        &direct_body,
+        LATENCY_REQUESTS,
+    )
+    .await;
+    let g = latencies(
+        &http,
+        &paid_url,
+        Cred::Bearer(&mac),
+        &body,
+        LATENCY_REQUESTS,
+    )
+    .await;
     let us = |x: Duration| x.as_secs_f64() * 1e6;
     println!("database: {db}");
     println!("latency, one request at a time ({LATENCY_REQUESTS} requests each):");
@@ -203,6 +234,56 @@ async fn main() {
         total as f64 / secs,
         us(pct(&all, 0.5)) / 1000.0,
         us(pct(&all, 0.99)) / 1000.0
+    );
+
+    // Free answers for a Nostr identity.
+    let keys = sluice_proto::nostr::Keys::generate();
+    let c: Value = http
+        .post(format!("{base}/v1/identity/challenge"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let event = sluice_proto::nostr::Event::sign(
+        &keys,
+        now,
+        sluice_proto::nostr::LOGIN_KIND,
+        vec![vec![
+            "challenge".into(),
+            c["nonce"].as_str().unwrap().into(),
+        ]],
+        String::new(),
+    );
+    let v: Value = http
+        .post(format!("{base}/v1/identity/verify"))
+        .json(&json!({ "event": event }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = v["token"].as_str().unwrap().to_owned();
+    latencies(&http, &paid_url, Cred::Nostr(&token), &body, 200).await;
+    let f = latencies(
+        &http,
+        &paid_url,
+        Cred::Nostr(&token),
+        &body,
+        LATENCY_REQUESTS,
+    )
+    .await;
+    println!("free for a Nostr identity, one request at a time ({LATENCY_REQUESTS} requests):");
+    println!(
+        "  added by sluice      p50 {:>8.0} µs   p99 {:>8.0} µs",
+        us(pct(&f, 0.5)) - us(pct(&d, 0.5)),
+        us(pct(&f, 0.99)) - us(pct(&d, 0.99))
     );
 
     let s: Value = http
