@@ -468,6 +468,30 @@ impl LnbitsAdmin {
     }
 }
 
+/// Run one of the third-party npm clients in `scripts/l402-client` with `env`;
+/// the JSON line it prints.
+async fn run_npm_client(script: &'static str, env: &[(&'static str, String)]) -> Value {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/l402-client");
+    let env = env.to_vec();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(script)
+            .current_dir(&dir)
+            .envs(env)
+            .output()
+            .expect("node is needed for this test")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap()
+}
+
 #[tokio::test]
 async fn a_third_party_l402_client_pays_and_retries_against_lnbits() {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -495,28 +519,15 @@ async fn a_third_party_l402_client_pays_and_retries_against_lnbits() {
     std::fs::write(&config, toml).unwrap();
     let gw = Gateway::start(&config);
 
-    let out = tokio::task::spawn_blocking({
-        let (base, url) = (gw.base.clone(), lnbits.url.clone());
-        move || {
-            Command::new("node")
-                .arg("pay-and-fetch.mjs")
-                .current_dir(&client_dir)
-                .env("SLUICE_URL", base)
-                .env("LNBITS_URL", url)
-                .env("LNBITS_ADMIN_KEY", payer_admin)
-                .output()
-                .expect("node is needed for this test")
-        }
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "the L402 client failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_str(stdout.trim()).unwrap();
+    let v = run_npm_client(
+        "pay-and-fetch.mjs",
+        &[
+            ("SLUICE_URL", gw.base.clone()),
+            ("LNBITS_URL", lnbits.url.clone()),
+            ("LNBITS_ADMIN_KEY", payer_admin),
+        ],
+    )
+    .await;
     assert_eq!(v["status"], 200);
     assert_eq!(v["invoices_paid"], 1);
     assert_eq!(v["answer"], "The capital of France is Paris .");
@@ -537,26 +548,7 @@ async fn a_nostr_client_logs_in_and_signs_requests_with_nostr_tools() {
     let db_url = format!("sqlite://{}", dir.path().join("nostr.db").display());
     let config = write_config(dir.path(), &db_url, &upstream.base_url, "");
     let gw = Gateway::start(&config);
-    let out = tokio::task::spawn_blocking({
-        let base = gw.base.clone();
-        move || {
-            Command::new("node")
-                .arg("nostr-login.mjs")
-                .current_dir(&client_dir)
-                .env("SLUICE_URL", base)
-                .output()
-                .expect("node is needed for this test")
-        }
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "the Nostr client failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_str(stdout.trim()).unwrap();
+    let v = run_npm_client("nostr-login.mjs", &[("SLUICE_URL", gw.base.clone())]).await;
     let pubkey = v["pubkey"].as_str().unwrap();
     // Challenge login with an event signed by nostr-tools.
     assert_eq!(v["verify_status"], 200, "{v}");
