@@ -111,12 +111,15 @@ fn request_url(state: &AppState, headers: &HeaderMap, uri: &axum::http::Uri) -> 
 pub async fn identify(State(state): State<AppState>, req: Request, next: Next) -> Response {
     // Anyone can make keys and sign: each signed request costs the gateway a
     // stored event id and perhaps a new identity, so they are limited per IP.
-    let signed = req
+    let nip98 = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(is_nostr_auth);
-    if signed && let Err(wait) = state.nip98_limiter.check(crate::ratelimit::client_ip(&req)) {
+        .filter(|v| is_nostr_auth(v))
+        .map(str::to_owned);
+    if nip98.is_some()
+        && let Err(wait) = state.nip98_limiter.check(crate::ratelimit::client_ip(&req))
+    {
         return crate::ratelimit::too_many(
             wait,
             format!(
@@ -124,13 +127,18 @@ pub async fn identify(State(state): State<AppState>, req: Request, next: Next) -
             ),
         );
     }
-    match identify_inner(&state, req).await {
+    match identify_inner(&state, req, nip98).await {
         Ok(req) => next.run(req).await,
         Err(e) => e.into_response(),
     }
 }
 
-async fn identify_inner(state: &AppState, req: Request) -> Result<Request, ApiError> {
+/// `nip98`: the request's `Authorization: Nostr …` value, if any.
+async fn identify_inner(
+    state: &AppState,
+    req: Request,
+    nip98: Option<String>,
+) -> Result<Request, ApiError> {
     let token = req
         .headers()
         .get(TOKEN_HEADER)
@@ -140,12 +148,6 @@ async fn identify_inner(state: &AppState, req: Request) -> Result<Request, ApiEr
             })
         })
         .transpose()?;
-    let nip98 = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| is_nostr_auth(v))
-        .map(str::to_owned);
     if token.is_some() && nip98.is_some() {
         return Err(ApiError::bad_request(
             "two_identities",
@@ -281,14 +283,10 @@ pub async fn verify(
             ));
         }
     }
-    let trust = state.free.accounting.trust;
-    state
-        .store
-        .touch_identity(&pubkey, &trust, now_ms())
-        .await?;
     let expires_at = now.saturating_add(state.identity.token_ttl_secs);
     let token = macaroon::mint_identity_token(&state.root_secret, &pubkey, expires_at)
         .map_err(|e| ApiError::internal(&e))?;
+    // Marks the identity seen (created the first time).
     let standing = crate::free::standing(&state, &pubkey, now_ms()).await?;
     tracing::info!(tier = standing.tier.as_str(), "identity logged in");
     Ok(Json(json!({
