@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # sluice's whole test suite: formatting, lints, and every test — the store suite on SQLite and a
 # real PostgreSQL, the Lightning suite on the dev wallet and a real LNbits (LND and Core Lightning
-# against recorded responses), the gateway's API and failure tests, the end-to-end process tests,
+# against sample responses), the gateway's API and failure tests, the end-to-end process tests,
 # a third-party L402 client paying over LNbits, and an answer from the real local model.
 #
 # It installs and starts what it needs (PostgreSQL when none listens on 127.0.0.1:5432, LNbits in

@@ -61,9 +61,9 @@ fn bench(c: &mut Criterion) {
     let trust = TrustRules::default();
     c.bench_function("free_tier_decide", |b| {
         b.iter(|| {
-            let score = trust.decayed(black_box(120), black_box(0), black_box(45 * 86_400_000));
+            let score = trust.decayed(black_box(12_000), black_box(0), black_box(45 * 86_400_000));
             decide_for(
-                trust.tier_of(score),
+                trust.tier_of(score, black_box(20)),
                 black_box(&allowances),
                 Msat::from_msat(black_box(30_000)),
                 Msat::from_msat(black_box(5_000_000)),

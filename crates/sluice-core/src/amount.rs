@@ -98,9 +98,54 @@ impl fmt::Display for Msat {
     }
 }
 
+/// Amounts that reach the edges (0, the i64/u64 boundary, the top of u64) as
+/// well as ordinary ones, for property tests across the crate.
+#[cfg(test)]
+pub(crate) fn edge_msat() -> impl proptest::strategy::Strategy<Value = u64> {
+    use proptest::prelude::*;
+    let i64_max = i64::MAX as u64;
+    prop_oneof![
+        0u64..10_000,
+        any::<u64>(),
+        (0u64..10_000).prop_map(move |d| i64_max.saturating_sub(d)),
+        (0u64..10_000).prop_map(move |d| i64_max.saturating_add(d)),
+        (0u64..10_000).prop_map(|d| u64::MAX - d),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn arithmetic_at_the_edges_is_exact_or_refused(a in edge_msat(), b in edge_msat()) {
+            let (x, y) = (Msat::from_msat(a), Msat::from_msat(b));
+            match a.checked_add(b) {
+                Some(s) => prop_assert_eq!(x.checked_add(y), Ok(Msat::from_msat(s))),
+                None => prop_assert_eq!(x.checked_add(y), Err(AmountError::Overflow)),
+            }
+            match a.checked_sub(b) {
+                Some(d) => prop_assert_eq!(x.checked_sub(y), Ok(Msat::from_msat(d))),
+                None => prop_assert_eq!(x.checked_sub(y), Err(AmountError::Underflow)),
+            }
+            // The store's i64 columns: a value fits exactly or is refused, never wrapped.
+            match i64::try_from(a) {
+                Ok(v) => {
+                    prop_assert_eq!(x.to_i64(), Ok(v));
+                    prop_assert_eq!(Msat::from_i64(v), Ok(x));
+                }
+                Err(_) => prop_assert_eq!(x.to_i64(), Err(AmountError::Overflow)),
+            }
+            match a.checked_mul(1_000) {
+                Some(m) => prop_assert_eq!(Msat::from_sats(a), Ok(Msat::from_msat(m))),
+                None => prop_assert_eq!(Msat::from_sats(a), Err(AmountError::Overflow)),
+            }
+            prop_assert!(x.to_sats_floor() <= x.to_sats_ceil());
+            prop_assert!(x.to_sats_ceil() - x.to_sats_floor() <= 1);
+        }
+    }
 
     #[test]
     fn sats_round_as_the_rules_say() {

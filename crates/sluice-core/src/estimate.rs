@@ -119,9 +119,139 @@ pub fn reserve(
     })
 }
 
+/// The most output tokens, at most `at_most`, whose charge, with
+/// `input_tokens` of input at `btc`, `amount` pays for (0 when it does not
+/// even pay for the input and the minimum charge). The gateway tells the
+/// upstream this limit whenever a request prepays less than its maximum (an
+/// L402 P90 prepayment, a job's work invoice, a free-tier grant), so the
+/// upstream is never allowed to produce more than was paid for. When
+/// `amount` covers `at_most` (a session's hold of the maximum), that is one
+/// evaluation.
+pub fn covered_output(
+    rates: &ModelRates,
+    btc: BtcUsd,
+    input_tokens: u64,
+    amount: Msat,
+    at_most: u64,
+) -> Result<u64, PriceError> {
+    let fits = |output| match charge_for(
+        rates,
+        TokenUsage {
+            input: input_tokens,
+            output,
+        },
+        btc,
+    ) {
+        Ok(c) => Ok(c <= amount),
+        Err(PriceError::Overflow) => Ok(false),
+        Err(e) => Err(e),
+    };
+    let no_output = charge_for(
+        rates,
+        TokenUsage {
+            input: input_tokens,
+            output: 0,
+        },
+        btc,
+    )?;
+    if no_output > amount {
+        return Ok(0);
+    }
+    if fits(at_most)? {
+        return Ok(at_most);
+    }
+    // The charge is non-decreasing in output tokens: `lo` fits, `hi` does not.
+    let (mut lo, mut hi) = (0u64, at_most);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if fits(mid)? {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(lo)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::UsdMicros;
+    use proptest::prelude::*;
+
+    fn rates(input: u64, output: u64, infra: u64, margin_bps: u32) -> ModelRates {
+        ModelRates {
+            input_per_mtok: UsdMicros(input),
+            output_per_mtok: UsdMicros(output),
+            infra_monthly: UsdMicros(infra),
+            expected_monthly_requests: 1_000,
+            margin_bps,
+        }
+    }
+
+    #[test]
+    fn covered_output_is_what_a_prepayment_pays_for() {
+        // 100 msat per input token, 200 per output token at BTC 100k USD.
+        let r = rates(100_000_000, 200_000_000, 0, 0);
+        let btc = BtcUsd::new(UsdMicros(100_000_000_000)).unwrap();
+        assert_eq!(
+            covered_output(&r, btc, 10, Msat::from_msat(1_000 + 200 * 42), u64::MAX),
+            Ok(42)
+        );
+        assert_eq!(
+            covered_output(
+                &r,
+                btc,
+                10,
+                Msat::from_msat(1_000 + 200 * 42 + 199),
+                u64::MAX
+            ),
+            Ok(42)
+        );
+        // Not even the input: nothing.
+        assert_eq!(
+            covered_output(&r, btc, 100, Msat::from_msat(9_999), u64::MAX),
+            Ok(0)
+        );
+        // Free output tokens: as many as there are.
+        let free_out = rates(100_000_000, 0, 0, 0);
+        assert!(
+            covered_output(&free_out, btc, 1, Msat::from_msat(1_000), u64::MAX).unwrap() > 1 << 62
+        );
+        // Never more than asked for, whether the amount covers it or not.
+        let paid_42 = Msat::from_msat(1_000 + 200 * 42);
+        assert_eq!(covered_output(&r, btc, 10, paid_42, 40), Ok(40));
+        assert_eq!(covered_output(&r, btc, 10, paid_42, 42), Ok(42));
+        assert_eq!(covered_output(&r, btc, 10, paid_42, 43), Ok(42));
+    }
+
+    proptest! {
+        #[test]
+        fn covered_output_pays_for_itself_and_not_one_more(
+            input in 0u64..1_000_000,
+            amount in 0u64..u64::MAX / 4,
+            in_rate in 0u64..100_000_000,
+            out_rate in 1u64..100_000_000,
+            infra in 0u64..1_000_000_000,
+            margin in 0u32..10_000,
+            btc in 1u64..u64::MAX / 1_000_000,
+            cap in 0u64..1_000_000,
+        ) {
+            let r = rates(in_rate, out_rate, infra, margin);
+            let btc = BtcUsd::new(UsdMicros(btc)).unwrap();
+            let amount = Msat::from_msat(amount);
+            if let Ok(n) = covered_output(&r, btc, input, amount, u64::MAX) {
+                prop_assert_eq!(covered_output(&r, btc, input, amount, cap), Ok(n.min(cap)));
+                let at = |o| charge_for(&r, TokenUsage { input, output: o }, btc);
+                if n > 0 || at(0).is_ok_and(|c| c <= amount) {
+                    prop_assert!(at(n).unwrap() <= amount);
+                }
+                if let Ok(next) = at(n.saturating_add(1)) {
+                    prop_assert!(next > amount || n == u64::MAX);
+                }
+            }
+        }
+    }
 
     const B: OutputBudget = OutputBudget {
         default_max_output: 512,

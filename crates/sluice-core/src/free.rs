@@ -1,21 +1,28 @@
 //! Trust tiers and the free tier, as pure rules.
 //!
 //! # Trust
-//! An identity (a Nostr public key) has a score. It earns points by paying
-//! and loses them by failing:
-//! - a **paid** interaction earns [`TrustRules::points_per_paid`] plus one point
-//!   per [`TrustRules::sats_per_point`] sats it paid, at most
-//!   [`TrustRules::max_points_per_interaction`] in all;
+//! An identity (a Nostr public key) has a score. Trust is bought by paying:
+//! - a **paid** interaction earns one point per [`TrustRules::sats_per_point`]
+//!   sats it paid (rounded down), so a score is what the identity has paid,
+//!   however many requests it took; a day on which it paid anything counts
+//!   towards its distinct paying days;
 //! - a **free** interaction (fully paid by the pool) earns nothing, so the free
 //!   tier cannot be farmed for standing;
 //! - a **failed** interaction (a rejected or failed job) costs
 //!   [`TrustRules::failure_penalty`] points.
 //!
+//! A tier needs both its score threshold and its number of distinct paying
+//! days (`*_days`): standing is earned over time, not in one burst. The
+//! gateway refuses to start when a tier's threshold is cheaper than
+//! `trust.min_tier_cost_days` days of that tier's free allowance, so a tier
+//! always costs more than what its allowance returns over that many days.
+//!
 //! The score decays lazily: when an identity has been absent more than
 //! [`TrustRules::decay_after_days`] days, each full period of that many days
 //! takes [`TrustRules::decay_pct`] percent off (rounded down), applied when the
-//! score is next read. The tier follows from the (decayed) score and the
-//! configured thresholds; a request without an identity is [`Tier::Anonymous`].
+//! score is next read. The tier follows from the (decayed) score, the paying
+//! days and the configured thresholds; a request without an identity is
+//! [`Tier::Anonymous`].
 //!
 //! # Vouching
 //! An [`Tier::Elite`] identity may vouch for another key. While the voucher is
@@ -103,6 +110,34 @@ pub enum FreeTierError {
         /// Its value.
         value: u32,
     },
+    /// Paying days must not fall from one tier to the next.
+    #[error(
+        "tier paying days must not fall (established {established} <= trusted {trusted} <= elite {elite})"
+    )]
+    Days {
+        /// Established days.
+        established: u64,
+        /// Trusted days.
+        trusted: u64,
+        /// Elite days.
+        elite: u64,
+    },
+    /// A tier is cheaper than the allowance it returns over the configured days.
+    #[error(
+        "the {tier} tier costs {cost_sats} sats of payments but returns {allowance_sats} sats a day in free answers; it must cost at least {days} days of its allowance ({needed} sats): raise trust.{tier} or lower its allowance"
+    )]
+    TooCheap {
+        /// The tier.
+        tier: &'static str,
+        /// What its threshold costs.
+        cost_sats: u64,
+        /// Its daily allowance.
+        allowance_sats: u64,
+        /// The configured multiple, in days.
+        days: u64,
+        /// The least it must cost.
+        needed: u64,
+    },
     /// A setting that must be positive is zero.
     #[error("{name} must be at least 1")]
     Zero {
@@ -120,12 +155,14 @@ pub struct TrustRules {
     pub trusted: u64,
     /// Score at which an identity becomes `elite`.
     pub elite: u64,
-    /// Points for each paid interaction.
-    pub points_per_paid: u64,
-    /// One more point per this many sats paid in an interaction.
+    /// Distinct UTC days with a payment needed for `established`.
+    pub established_days: u64,
+    /// Distinct UTC days with a payment needed for `trusted`.
+    pub trusted_days: u64,
+    /// Distinct UTC days with a payment needed for `elite`.
+    pub elite_days: u64,
+    /// One point per this many sats paid.
     pub sats_per_point: u64,
-    /// At most this many points from one interaction.
-    pub max_points_per_interaction: u64,
     /// Points lost for a failed interaction.
     pub failure_penalty: u64,
     /// Points a voucher loses when its vouchee fails.
@@ -140,14 +177,15 @@ pub struct TrustRules {
 impl Default for TrustRules {
     fn default() -> Self {
         TrustRules {
-            established: 10,
-            trusted: 50,
-            elite: 200,
-            points_per_paid: 1,
-            sats_per_point: 100,
-            max_points_per_interaction: 20,
-            failure_penalty: 5,
-            vouch_penalty: 10,
+            established: 2_000,
+            trusted: 8_000,
+            elite: 40_000,
+            established_days: 2,
+            trusted_days: 7,
+            elite_days: 14,
+            sats_per_point: 1,
+            failure_penalty: 50,
+            vouch_penalty: 500,
             decay_after_days: 30,
             decay_pct: 25,
         }
@@ -162,6 +200,13 @@ impl TrustRules {
                 established: self.established,
                 trusted: self.trusted,
                 elite: self.elite,
+            });
+        }
+        if !(self.established_days <= self.trusted_days && self.trusted_days <= self.elite_days) {
+            return Err(FreeTierError::Days {
+                established: self.established_days,
+                trusted: self.trusted_days,
+                elite: self.elite_days,
             });
         }
         if self.decay_pct > 100 {
@@ -183,13 +228,24 @@ impl TrustRules {
         Ok(())
     }
 
-    /// The tier of a (decayed) score.
-    pub fn tier_of(&self, score: u64) -> Tier {
-        if score >= self.elite {
+    /// The sats a tier's score threshold stands for (what reaching it costs).
+    pub fn cost_sats(&self, tier: Tier) -> u64 {
+        let points = match tier {
+            Tier::Anonymous | Tier::New => 0,
+            Tier::Established => self.established,
+            Tier::Trusted => self.trusted,
+            Tier::Elite => self.elite,
+        };
+        points.saturating_mul(self.sats_per_point)
+    }
+
+    /// The tier of a (decayed) score earned over `paid_days` distinct days.
+    pub fn tier_of(&self, score: u64, paid_days: u64) -> Tier {
+        if score >= self.elite && paid_days >= self.elite_days {
             Tier::Elite
-        } else if score >= self.trusted {
+        } else if score >= self.trusted && paid_days >= self.trusted_days {
             Tier::Trusted
-        } else if score >= self.established {
+        } else if score >= self.established && paid_days >= self.established_days {
             Tier::Established
         } else {
             Tier::New
@@ -224,12 +280,7 @@ impl TrustRules {
     pub fn after(&self, score: u64, interaction: Interaction) -> u64 {
         match interaction {
             Interaction::Paid { paid } => {
-                let bonus = paid.to_sats_floor() / self.sats_per_point.max(1);
-                let points = self
-                    .points_per_paid
-                    .saturating_add(bonus)
-                    .min(self.max_points_per_interaction);
-                score.saturating_add(points)
+                score.saturating_add(paid.to_sats_floor() / self.sats_per_point.max(1))
             }
             Interaction::Free => score,
             Interaction::Failed => score.saturating_sub(self.failure_penalty),
@@ -321,6 +372,30 @@ impl Allowances {
             Tier::Elite => self.elite,
         }
     }
+}
+
+/// Refuse rules under which a tier is cheaper than `days` days of its daily
+/// allowance: trust must cost more than the free answers it returns.
+pub fn check_tier_costs(
+    rules: &TrustRules,
+    allowances: &Allowances,
+    days: u64,
+) -> Result<(), FreeTierError> {
+    for tier in [Tier::Established, Tier::Trusted, Tier::Elite] {
+        let allowance_sats = allowances.of(tier).to_sats_ceil();
+        let needed = allowance_sats.saturating_mul(days);
+        let cost_sats = rules.cost_sats(tier);
+        if cost_sats < needed {
+            return Err(FreeTierError::TooCheap {
+                tier: tier.as_str(),
+                cost_sats,
+                allowance_sats,
+                days,
+                needed,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The UTC day of a unix-ms time (days since 1970-01-01).
@@ -490,36 +565,62 @@ mod tests {
     }
 
     #[test]
-    fn tiers_follow_thresholds() {
+    fn tiers_follow_thresholds_and_paying_days() {
         let r = TrustRules::default();
-        assert_eq!(r.tier_of(0), Tier::New);
-        assert_eq!(r.tier_of(9), Tier::New);
-        assert_eq!(r.tier_of(10), Tier::Established);
-        assert_eq!(r.tier_of(50), Tier::Trusted);
-        assert_eq!(r.tier_of(200), Tier::Elite);
+        assert_eq!(r.tier_of(0, 0), Tier::New);
+        assert_eq!(r.tier_of(1_999, 30), Tier::New);
+        assert_eq!(r.tier_of(2_000, 2), Tier::Established);
+        assert_eq!(r.tier_of(8_000, 7), Tier::Trusted);
+        assert_eq!(r.tier_of(40_000, 14), Tier::Elite);
+        // The score alone is not enough: standing is earned over days.
+        assert_eq!(r.tier_of(1_000_000, 1), Tier::New);
+        assert_eq!(r.tier_of(40_000, 13), Tier::Trusted);
         assert!(r.validate().is_ok());
         let bad = TrustRules { trusted: 10, ..r };
         assert!(bad.validate().is_err());
+        let bad_days = TrustRules {
+            trusted_days: 1,
+            ..r
+        };
+        assert!(bad_days.validate().is_err());
+    }
+
+    /// Ten one-sat requests reached `established` (50 sats a day) and 200
+    /// reached `elite` (1,000 sats a day and five vouches): a flat point per
+    /// settled interaction made trust far cheaper than what it returned.
+    #[test]
+    fn trust_costs_what_was_paid_and_more_than_a_month_of_its_allowance() {
+        let r = TrustRules::default();
+        let mut score = 0;
+        for _ in 0..200 {
+            score = r.after(score, Interaction::Paid { paid: m(1_000) });
+        }
+        assert_eq!(score, 200, "200 one-sat answers are 200 sats of standing");
+        assert_eq!(r.tier_of(score, 200), Tier::New);
+        // The defaults: elite costs more than 30 days of its allowance.
+        let a = Allowances::default();
+        assert!(r.cost_sats(Tier::Elite) > 30 * a.elite.to_sats_floor());
+        assert!(check_tier_costs(&r, &a, 30).is_ok());
+        let cheap = TrustRules { elite: 20_000, ..r };
+        assert!(matches!(
+            check_tier_costs(&cheap, &a, 30),
+            Err(FreeTierError::TooCheap { tier: "elite", .. })
+        ));
     }
 
     #[test]
     fn paying_earns_points_free_earns_none_failing_costs() {
         let r = TrustRules::default();
-        // 1 point for paying, +1 per 100 sats.
+        // One point per sat paid, rounded down.
         assert_eq!(r.after(0, Interaction::Paid { paid: m(1_000) }), 1);
-        assert_eq!(r.after(0, Interaction::Paid { paid: m(250_000) }), 3);
-        // Capped per interaction.
+        assert_eq!(r.after(0, Interaction::Paid { paid: m(1_999) }), 1);
+        assert_eq!(r.after(0, Interaction::Paid { paid: m(250_000) }), 250);
         assert_eq!(
-            r.after(
-                0,
-                Interaction::Paid {
-                    paid: m(1_000_000_000)
-                }
-            ),
-            r.max_points_per_interaction
+            r.after(u64::MAX, Interaction::Paid { paid: m(u64::MAX) }),
+            u64::MAX
         );
-        assert_eq!(r.after(7, Interaction::Free), 7);
-        assert_eq!(r.after(7, Interaction::Failed), 2);
+        assert_eq!(r.after(70, Interaction::Free), 70);
+        assert_eq!(r.after(70, Interaction::Failed), 20);
         assert_eq!(r.after(3, Interaction::Failed), 0);
         assert_eq!(Interaction::served(Msat::ZERO), Interaction::Free);
     }

@@ -20,10 +20,12 @@
 //!   negative by exactly that.
 //! - `lightning:out` — value paid out over Lightning; it grows by exactly what
 //!   has been paid.
+//! - `lightning:fees` — routing fees spent by payouts; it grows by exactly what
+//!   the payouts spent on fees.
 //!
 //! Conservation: what was received (`-lightning:in`) plus what the operator put
 //! in (`-equity:operator`) equals session balances + held + revenue + jobs +
-//! owed refunds + pool + paid out (`lightning:out`).
+//! owed refunds + pool + paid out (`lightning:out`) + routing fees (`lightning:fees`).
 
 use crate::job::JobPhase;
 use crate::refund::PoolReason;
@@ -49,6 +51,8 @@ pub enum Account {
     GenerosityPool,
     /// Value paid out over Lightning goes here.
     LightningOut,
+    /// Routing fees spent by payouts go here.
+    LightningFees,
     /// What the operator put in (the pool's seed) comes from here.
     OperatorEquity,
 }
@@ -65,6 +69,7 @@ impl Account {
             Account::Refund(id) => format!("refund:{id}"),
             Account::GenerosityPool => "pool:generosity".to_owned(),
             Account::LightningOut => "lightning:out".to_owned(),
+            Account::LightningFees => "lightning:fees".to_owned(),
             Account::OperatorEquity => "equity:operator".to_owned(),
         }
     }
@@ -230,16 +235,31 @@ impl Posting {
         ))
     }
 
-    /// A refund was paid over Lightning. Key `refund-paid:<refund>`: one refund
-    /// can be recorded as paid only once, whatever invoice paid it.
-    pub fn refund_paid(refund: &str, amount: Msat) -> Result<Posting, AmountError> {
-        let a = amount.to_i64()?;
+    /// A refund of `amount` was paid over Lightning: the invoice received
+    /// `sent` (at most `amount`; the claimant left the rest as a routing-fee
+    /// budget) and routing cost `fee`. What the fee did not use of the budget
+    /// goes to the generosity pool; a fee above the budget (a backend that
+    /// cannot cap fees) is the operator's, taken from revenue. Key
+    /// `refund-paid:<refund>`: one refund can be recorded as paid only once,
+    /// whatever invoice paid it.
+    pub fn refund_paid(
+        refund: &str,
+        amount: Msat,
+        sent: Msat,
+        fee: Msat,
+    ) -> Result<Posting, AmountError> {
+        let budget = amount.checked_sub(sent)?;
+        let unused = budget.saturating_sub(fee);
+        let over = fee.saturating_sub(budget);
         Ok(Posting::new(
             PostingKind::RefundPaid,
             format!("refund-paid:{refund}"),
             vec![
-                (Account::Refund(refund.to_owned()), -a),
-                (Account::LightningOut, a),
+                (Account::Refund(refund.to_owned()), -amount.to_i64()?),
+                (Account::LightningOut, sent.to_i64()?),
+                (Account::LightningFees, fee.to_i64()?),
+                (Account::GenerosityPool, unused.to_i64()?),
+                (Account::Revenue, -over.to_i64()?),
             ],
         ))
     }
@@ -404,6 +424,33 @@ mod tests {
     }
 
     proptest! {
+        /// At the i64 boundary of the stored legs, a posting balances exactly or
+        /// is refused as an overflow: a leg never wraps.
+        #[test]
+        fn postings_at_the_i64_boundary_balance_or_are_refused(
+            hold in crate::amount::edge_msat(),
+            actual in crate::amount::edge_msat(),
+            fee in crate::amount::edge_msat(),
+        ) {
+            let hold_m = Msat::from_msat(hold);
+            let st = settle(hold_m, Msat::from_msat(actual));
+            for p in [
+                Posting::deposit("s", "h", hold_m),
+                Posting::hold("s", "r", hold_m),
+                Posting::settle("s", "r", hold_m, st),
+                Posting::release("s", "r", hold_m),
+                Posting::refund_paid("x", hold_m, Msat::from_msat(actual.min(hold)), Msat::from_msat(fee)),
+            ] {
+                match p {
+                    Ok(p) => {
+                        prop_assert!(p.is_balanced(), "{:?}", p);
+                        prop_assert!(hold <= i64::MAX as u64);
+                    }
+                    Err(e) => prop_assert_eq!(e, AmountError::Overflow),
+                }
+            }
+        }
+
         #[test]
         fn value_is_conserved_and_nothing_goes_negative(ops in proptest::collection::vec(op(), 1..200)) {
             let mut b = Book::default();
@@ -479,7 +526,7 @@ mod tests {
         },
         Claim {
             which: u8,
-            off_by: i8,
+            off_by: i16,
             hash: u8,
             now: i64,
         },
@@ -510,14 +557,16 @@ mod tests {
             }),
             (0u8..3, 1u32..3_000_000)
                 .prop_map(|(session, msat)| Flow::SessionRefund { session, msat }),
-            (any::<u8>(), -1i8..2, 0u8..3, 0i64..2_000).prop_map(|(which, off_by, hash, now)| {
-                Flow::Claim {
-                    which,
-                    off_by,
-                    hash,
-                    now,
+            (any::<u8>(), -1200i16..2, 0u8..3, 0i64..2_000).prop_map(
+                |(which, off_by, hash, now)| {
+                    Flow::Claim {
+                        which,
+                        off_by,
+                        hash,
+                        now,
+                    }
                 }
-            }),
+            ),
             (any::<u8>(), 0u8..3, 0u8..3).prop_map(|(which, hash, kind)| Flow::Outcome {
                 which,
                 hash,
@@ -556,6 +605,7 @@ mod tests {
             let mut refunds: BTreeMap<String, crate::Refund> = BTreeMap::new();
             let mut job_paid: BTreeMap<(u8, bool), Msat> = BTreeMap::new();
             let mut paid_out = 0i64;
+            let mut fees = 0i64;
             for f in flows {
                 match f {
                     Flow::Deposit { session, sats } => {
@@ -603,9 +653,17 @@ mod tests {
                             Flow::Claim { off_by, hash, now, .. } => RefundEvent::Claim {
                                 invoice_amount: Msat::from_msat(r.payout.msat().saturating_add_signed(i64::from(off_by))),
                                 invoice_hash: format!("{id}-i{hash}"),
+                                invoice_expires_at_ms: now + 100,
+                                max_fee_budget: Msat::from_msat(1_000),
+                                min_fee_budget: Msat::ZERO,
                                 now_ms: now,
                             },
-                            Flow::Outcome { hash, kind: 0, .. } => RefundEvent::PayoutSucceeded { payment_hash: format!("{id}-i{hash}"), preimage: "p".into() },
+                            // The fee spends half of the claimant's budget (the rest goes to the pool).
+                            Flow::Outcome { hash, kind: 0, .. } => RefundEvent::PayoutSucceeded {
+                                payment_hash: format!("{id}-i{hash}"),
+                                preimage: "p".into(),
+                                fee: Msat::from_msat(r.payout.saturating_sub(r.claimed).msat() / 2),
+                            },
                             Flow::Outcome { hash, kind: 1, .. } => RefundEvent::PayoutFailed { payment_hash: format!("{id}-i{hash}") },
                             Flow::Outcome { hash, .. } => RefundEvent::PayoutUnknown { payment_hash: format!("{id}-i{hash}") },
                             Flow::Expire { now, .. } => RefundEvent::Expire { now_ms: now },
@@ -615,6 +673,7 @@ mod tests {
                             for p in step.postings(&id).unwrap() {
                                 if p.kind == PostingKind::RefundPaid {
                                     paid_out += p.legs.iter().find(|l| l.account == Account::LightningOut).unwrap().amount_msat;
+                                    fees += p.legs.iter().find(|l| l.account == Account::LightningFees).map_or(0, |l| l.amount_msat);
                                 }
                                 prop_assert!(b.post(p), "a refund posting repeated an idempotency key");
                             }
@@ -629,6 +688,7 @@ mod tests {
                 // received = balances + held + revenue + jobs + owed refunds + pool + paid out
                 prop_assert_eq!(-b.bal(&Account::LightningIn), b.deposited);
                 prop_assert_eq!(b.bal(&Account::LightningOut), paid_out);
+                prop_assert_eq!(b.bal(&Account::LightningFees), fees);
                 let kept: i64 = b.balances.iter().filter(|(a, _)| **a != Account::LightningIn).map(|(_, v)| *v).sum();
                 prop_assert_eq!(kept, b.deposited);
                 // A refund account holds exactly what can still be claimed.

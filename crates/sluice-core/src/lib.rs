@@ -26,24 +26,29 @@ pub mod session;
 pub mod settle;
 
 pub use amount::{AmountError, Msat};
-pub use estimate::{Estimate, EstimateError, OutputBudget, output_budget, reserve};
+pub use estimate::{Estimate, EstimateError, OutputBudget, covered_output, output_budget, reserve};
 pub use free::{
-    Allowances, DAY_MS, Decision, FreeTierError, GateReason, Interaction, Tier, TrustRules, day_of,
-    decide, decide_for, effective_tier, grant, pool_credit, remaining_allowance,
+    Allowances, DAY_MS, Decision, FreeTierError, GateReason, Interaction, Tier, TrustRules,
+    check_tier_costs, day_of, decide, decide_for, effective_tier, grant, pool_credit,
+    remaining_allowance,
 };
 pub use job::{
     DEFAULT_MAX_REQUEST_CHARS, JobError, JobEvent, JobPhase, JobState, RestartAction, on_restart,
     validate_request,
 };
 pub use ledger::{Account, Leg, Posting, PostingKind};
-pub use price::{BtcUsd, ModelRates, PriceError, TokenUsage, UsdMicros, charge_for};
+pub use price::{
+    BtcUsd, Itemized, MAX_RECORDED_CHARGE, ModelRates, PriceError, TokenUsage, UsdMicros,
+    charge_for, charge_for_settlement, itemize,
+};
 pub use quantile::{
     Calibration, EstimatorConfig, EstimatorState, OutputEstimator, Percentile, Prior,
     QuantileError, Quote, QuoteRequest, RequestClass, confidence, quote,
 };
 pub use refund::{
     DEFAULT_DUST_THRESHOLD, PoolReason, Refund, RefundEffect, RefundError, RefundEvent,
-    RefundSplit, RefundState, RefundStep, payable_sats, refund_amount, split_refund,
+    RefundSplit, RefundState, RefundStep, check_claim_amount, fee_budget_bounds, payable_sats,
+    refund_amount, split_refund,
 };
 pub use session::{SessionPolicy, SessionPolicyError, SessionState, effective_state};
 pub use settle::{Settlement, settle};

@@ -191,6 +191,77 @@ impl ModelRates {
     }
 }
 
+/// A charge taken apart, so a payer sees what they pay for: the input and
+/// output tokens at the upstream's rates, the request's share of the monthly
+/// infrastructure, the operator's margin on all three, the rounding up to the
+/// msat and what the 1-sat minimum adds. The parts add up to [`charge_for`]
+/// exactly: each is its exact value rounded down, and `rounding` is the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Itemized {
+    /// Input tokens at the input rate.
+    pub input: Msat,
+    /// Output tokens at the output rate.
+    pub output: Msat,
+    /// The request's share of the infrastructure cost.
+    pub per_request: Msat,
+    /// The margin on the three above.
+    pub margin: Msat,
+    /// Rounding the exact total up to the msat (under 4 msat).
+    pub rounding: Msat,
+    /// What the 1-sat minimum charge adds (usually 0).
+    pub minimum: Msat,
+    /// The charge: the sum of the parts.
+    pub total: Msat,
+}
+
+/// [`charge_for`], itemized (see [`Itemized`]).
+pub fn itemize(rates: &ModelRates, usage: TokenUsage, btc: BtcUsd) -> Result<Itemized, PriceError> {
+    let floor = |r: &ModelRates, u: TokenUsage| -> Result<u64, PriceError> {
+        let (n, d) = r.cost_fraction(u, btc)?;
+        u64::try_from(n / d).map_err(|_| PriceError::Overflow)
+    };
+    let no_margin = ModelRates {
+        margin_bps: 0,
+        ..*rates
+    };
+    let tokens_only = ModelRates {
+        infra_monthly: UsdMicros(0),
+        ..no_margin
+    };
+    let infra_only = ModelRates {
+        input_per_mtok: UsdMicros(0),
+        output_per_mtok: UsdMicros(0),
+        ..no_margin
+    };
+    let none = TokenUsage::default();
+    let input = floor(&tokens_only, TokenUsage { output: 0, ..usage })?;
+    let output = floor(&tokens_only, TokenUsage { input: 0, ..usage })?;
+    let per_request = floor(&infra_only, none)?;
+    // The margin is what the whole costs with it over what it costs without.
+    let (with_n, with_d) = rates.cost_fraction(usage, btc)?;
+    let without = floor(&no_margin, usage)?;
+    let margin = u64::try_from(with_n / with_d)
+        .map_err(|_| PriceError::Overflow)?
+        .saturating_sub(without);
+    let exact_up = u64::try_from(with_n.div_ceil(with_d)).map_err(|_| PriceError::Overflow)?;
+    let parts = input
+        .checked_add(output)
+        .and_then(|v| v.checked_add(per_request))
+        .and_then(|v| v.checked_add(margin))
+        .ok_or(PriceError::Overflow)?;
+    let total = charge_for(rates, usage, btc)?;
+    let minimum = total.msat().saturating_sub(exact_up);
+    Ok(Itemized {
+        input: Msat::from_msat(input),
+        output: Msat::from_msat(output),
+        per_request: Msat::from_msat(per_request),
+        margin: Msat::from_msat(margin),
+        rounding: Msat::from_msat(exact_up.saturating_sub(parts)),
+        minimum: Msat::from_msat(minimum),
+        total,
+    })
+}
+
 /// What a paid request with `usage` costs at `rates` and `btc`: rounded up to
 /// the msat and never below [`MIN_CHARGE`].
 pub fn charge_for(rates: &ModelRates, usage: TokenUsage, btc: BtcUsd) -> Result<Msat, PriceError> {
@@ -199,10 +270,82 @@ pub fn charge_for(rates: &ModelRates, usage: TokenUsage, btc: BtcUsd) -> Result<
     Ok(Msat::from_msat(msat).max(MIN_CHARGE))
 }
 
+/// The largest charge settlement records: the most the ledger stores.
+pub const MAX_RECORDED_CHARGE: Msat = Msat::from_msat(i64::MAX as u64);
+
+/// [`charge_for`] for settling a hold. A cost too large to represent (an
+/// upstream reporting absurd usage) is [`MAX_RECORDED_CHARGE`]: settlement
+/// then charges the whole hold and records the rest as the operator's loss,
+/// instead of failing and leaving the hold open with nothing charged.
+pub fn charge_for_settlement(rates: &ModelRates, usage: TokenUsage, btc: BtcUsd) -> Msat {
+    charge_for(rates, usage, btc).map_or(MAX_RECORDED_CHARGE, |m| m.min(MAX_RECORDED_CHARGE))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// `completion_tokens: 2^64 - 1` failed settlement with "price overflow":
+    /// the hold stayed open to its deadline and then nothing was charged.
+    #[test]
+    fn absurd_usage_settles_at_the_most_the_ledger_records() {
+        let rates = ModelRates {
+            input_per_mtok: UsdMicros::parse("2").unwrap(),
+            output_per_mtok: UsdMicros::parse("10").unwrap(),
+            infra_monthly: UsdMicros(0),
+            expected_monthly_requests: 1,
+            margin_bps: 0,
+        };
+        let btc = BtcUsd::new(UsdMicros::from_dollars(100_000).unwrap()).unwrap();
+        for output in [u64::MAX, 1 << 63, 1 << 62] {
+            let usage = TokenUsage { input: 1, output };
+            assert_eq!(
+                charge_for_settlement(&rates, usage, btc),
+                MAX_RECORDED_CHARGE
+            );
+        }
+        let small = TokenUsage {
+            input: 10,
+            output: 10,
+        };
+        assert_eq!(
+            charge_for_settlement(&rates, small, btc),
+            charge_for(&rates, small, btc).unwrap()
+        );
+    }
+
+    /// A 13 + 11-token answer cost 3,450 msat while `/v1/models` showed only
+    /// the token rates: 3,300 of it was the per-request share, shown nowhere.
+    #[test]
+    fn an_itemized_charge_shows_the_per_request_share() {
+        let rates = ModelRates {
+            input_per_mtok: UsdMicros::parse("2").unwrap(),
+            output_per_mtok: UsdMicros::parse("10").unwrap(),
+            infra_monthly: UsdMicros::parse("30").unwrap(),
+            expected_monthly_requests: 10_000,
+            margin_bps: 1_000,
+        };
+        let usage = TokenUsage {
+            input: 13,
+            output: 11,
+        };
+        let i = itemize(&rates, usage, btc(100_000)).unwrap();
+        assert_eq!(i.total, charge_for(&rates, usage, btc(100_000)).unwrap());
+        assert_eq!(i.per_request, Msat::from_msat(3_000));
+        assert_eq!(i.input, Msat::from_msat(26));
+        assert_eq!(i.output, Msat::from_msat(110));
+        assert_eq!(i.margin.msat(), 313);
+        assert_eq!(
+            i.input.msat()
+                + i.output.msat()
+                + i.per_request.msat()
+                + i.margin.msat()
+                + i.rounding.msat()
+                + i.minimum.msat(),
+            i.total.msat()
+        );
+    }
 
     fn btc(d: u64) -> BtcUsd {
         BtcUsd::new(UsdMicros::from_dollars(d).unwrap()).unwrap()
@@ -331,6 +474,34 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn itemized_parts_add_up_to_the_charge(
+            input in 0u64..10_000_000,
+            output in 0u64..10_000_000,
+            in_rate in 0u64..1_000_000_000,
+            out_rate in 0u64..1_000_000_000,
+            infra in 0u64..10_000_000_000,
+            reqs in 1u64..10_000_000,
+            margin in 0u32..50_000,
+            price in 1u64..1_000_000_000_000,
+        ) {
+            let rates = ModelRates {
+                input_per_mtok: UsdMicros(in_rate),
+                output_per_mtok: UsdMicros(out_rate),
+                infra_monthly: UsdMicros(infra),
+                expected_monthly_requests: reqs,
+                margin_bps: margin,
+            };
+            let usage = TokenUsage { input, output };
+            let b = BtcUsd::new(UsdMicros(price)).unwrap();
+            if let (Ok(i), Ok(c)) = (itemize(&rates, usage, b), charge_for(&rates, usage, b)) {
+                prop_assert_eq!(i.total, c);
+                let sum = i.input.msat() + i.output.msat() + i.per_request.msat() + i.margin.msat() + i.rounding.msat() + i.minimum.msat();
+                prop_assert_eq!(sum, c.msat());
+                prop_assert!(i.rounding.msat() < 5);
+            }
+        }
+
         #[test]
         fn charge_is_monotonic_in_tokens(
             rin in 0u64..100_000_000, rout in 0u64..100_000_000,

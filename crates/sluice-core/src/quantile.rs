@@ -303,14 +303,45 @@ impl OutputEstimator {
 
     /// Learn from a completed request that produced `output_tokens`.
     pub fn observe(&mut self, output_tokens: u64) {
+        self.decay();
+        let b = &mut self.weights[bucket_of(output_tokens)];
+        *b = (*b + ONE).min(MAX_WEIGHT);
+    }
+
+    /// Learn from a request whose answer was cut by its output limit after
+    /// `at_least` tokens: its natural length is at least that, not that (a
+    /// censored observation). The observation's weight is spread over the
+    /// buckets from `at_least` up, in proportion to their weights (the
+    /// redistribute-to-the-right rule of the Kaplan–Meier estimator): a limit
+    /// below the typical length leaves the shape as it was, one above it pushes
+    /// the estimate up. So a flood of requests capped at one token cannot drag
+    /// the estimate down.
+    pub fn observe_at_least(&mut self, at_least: u64) {
+        self.decay();
+        let b = bucket_of(at_least);
+        let tail: u128 = self.weights[b..].iter().map(|&w| u128::from(w)).sum();
+        let mut given = 0u64;
+        for w in &mut self.weights[b..] {
+            // share <= ONE, since w <= tail; an empty tail gives nothing here.
+            let Some(share) = (u128::from(ONE) * u128::from(*w)).checked_div(tail) else {
+                break;
+            };
+            let share = share as u64;
+            *w = (*w + share).min(MAX_WEIGHT);
+            given += share;
+        }
+        let rest = &mut self.weights[b];
+        *rest = (*rest + (ONE - given.min(ONE))).min(MAX_WEIGHT);
+    }
+
+    /// Age every weight by one observation and count the one being added.
+    fn decay(&mut self) {
         let window = u64::from(self.window);
         for w in &mut self.weights {
             *w -= w.div_ceil(window);
         }
         self.observed_weight -= self.observed_weight.div_ceil(window);
         self.observed_weight = (self.observed_weight + ONE).min(MAX_WEIGHT);
-        let b = &mut self.weights[bucket_of(output_tokens)];
-        *b = (*b + ONE).min(MAX_WEIGHT);
         self.count = (self.count + 1).min(MAX_COUNT);
     }
 
@@ -1095,6 +1126,38 @@ mod tests {
         assert_eq!((d.hits(), d.total()), (905, 1001));
     }
 
+    /// About 300 one-token requests (`max_tokens = 1`) drove a class's P90
+    /// to one token: each was learned as a one-token answer.
+    #[test]
+    fn answers_cut_by_a_tiny_limit_do_not_drag_the_estimate_down() {
+        let mut e = OutputEstimator::new(
+            Prior::from_default_max_output(512),
+            EstimatorConfig::default(),
+        )
+        .unwrap();
+        for i in 0..600u64 {
+            e.observe(150 + i % 100);
+        }
+        let (p50, p90) = (e.p50(), e.p90());
+        assert!(p90 >= 220, "{p90}");
+        for _ in 0..300 {
+            e.observe_at_least(1);
+        }
+        assert!(e.p90() >= p90 * 7 / 8, "P90 {p90} fell to {}", e.p90());
+        assert!(e.p50() >= p50 * 7 / 8, "P50 {p50} fell to {}", e.p50());
+        // The same requests learned as lengths would have done it.
+        let mut poisoned = e.clone();
+        for _ in 0..300 {
+            poisoned.observe(1);
+        }
+        assert!(poisoned.p50() < 50, "{}", poisoned.p50());
+        // A limit above the typical length pushes the estimate up.
+        for _ in 0..300 {
+            e.observe_at_least(1_000);
+        }
+        assert!(e.p50() >= 960, "{}", e.p50()); // the bucket holding 1,000
+    }
+
     fn observation() -> impl Strategy<Value = u64> {
         prop_oneof![
             Just(0u64),
@@ -1130,6 +1193,30 @@ mod tests {
                 }
                 prop_assert!(e.p50() <= e.p90());
                 prop_assert!(e.confidence() <= 100);
+            }
+        }
+
+        #[test]
+        fn a_censored_observation_never_pulls_an_estimate_below_its_bound(
+            obs in proptest::collection::vec(observation(), 0..300),
+            cut in observation(),
+            window in 1u32..2_000,
+        ) {
+            let mut e = OutputEstimator::new(
+                Prior::from_default_max_output(512),
+                EstimatorConfig { window, prior_weight: 16 },
+            ).unwrap();
+            for o in obs {
+                e.observe(o);
+            }
+            let before: Vec<u64> = [10u8, 50, 90].iter().map(|&p| e.quantile(Percentile::new(p).unwrap())).collect();
+            e.observe_at_least(cut);
+            prop_assert!(e.to_state().validate().is_ok());
+            for (i, &p) in [10u8, 50, 90].iter().enumerate() {
+                let after = e.quantile(Percentile::new(p).unwrap());
+                let floor = before[i].min(cut.clamp(1, MAX_TRACKED_TOKENS));
+                // Within one bucket (12.5%) of rounding in the decay.
+                prop_assert!(after + after / 7 + 1 >= floor, "P{} {} -> {} (cut at {})", p, before[i], after, cut);
             }
         }
 

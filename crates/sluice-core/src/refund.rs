@@ -12,8 +12,14 @@
 //! [`RefundEffect`]s the caller must carry out (postings to write, a payout to
 //! send). The invariants it guarantees, property-tested below:
 //! - at most one payout ever succeeds for a refund: a new invoice is accepted
-//!   only when no payout is in flight, and an in-flight payout whose outcome is
-//!   unknown must be reconciled (looked up by payment hash) first;
+//!   only when no payout is in flight, an in-flight payout whose outcome is
+//!   unknown must be reconciled (looked up by payment hash) first, and after a
+//!   payout the backend reported failed only that same invoice may be retried
+//!   until it expires (a backend can be wrong about a failure: an HTLC held by
+//!   someone on the route may still settle);
+//! - the claimant bears the routing fee: the invoice may be for less than the
+//!   payout, by at most a configured budget, and what it leaves is the most
+//!   the payout may spend on fees; what the fee did not use goes to the pool;
 //! - the refund is conserved: paid out + to the pool == the refund, each part
 //!   exactly once;
 //! - `Claimed` and `Expired` are terminal, and so is a dust refund in `None`.
@@ -72,6 +78,55 @@ pub fn split_refund(refund: Msat, dust_threshold: Msat) -> RefundSplit {
         payout_sats,
         payout,
         remainder_to_pool: refund.saturating_sub(payout),
+    }
+}
+
+/// The routing-fee budget a claim of `payout` may leave, `(least, most)`:
+/// at least `min_fee_budget` (what the backend reserves), at most the larger
+/// of that and `max_fee_budget`, and never more than the payout itself.
+pub fn fee_budget_bounds(payout: Msat, min_fee_budget: Msat, max_fee_budget: Msat) -> (Msat, Msat) {
+    let least = min_fee_budget.min(payout);
+    (least, max_fee_budget.max(least).min(payout))
+}
+
+/// Whether a claim invoice for `invoice_amount` may claim a payout of
+/// `payout`: it must leave between `min_fee_budget` (what the Lightning
+/// backend reserves) and `max_fee_budget` for routing, and be for more than
+/// nothing. The claimant bears the routing fee.
+pub fn check_claim_amount(
+    payout: Msat,
+    invoice_amount: Msat,
+    min_fee_budget: Msat,
+    max_fee_budget: Msat,
+) -> Result<(), RefundError> {
+    let (least, budget) = fee_budget_bounds(payout, min_fee_budget, max_fee_budget);
+    let lowest = payout.saturating_sub(budget);
+    let highest = payout.saturating_sub(least);
+    if invoice_amount > highest || invoice_amount < lowest || invoice_amount == Msat::ZERO {
+        return Err(RefundError::WrongAmount {
+            expected_sats: payout.to_sats_floor(),
+            expected_msat: payout.msat(),
+            budget_msat: budget.msat(),
+            min_budget_msat: least.msat(),
+            got_msat: invoice_amount.msat(),
+        });
+    }
+    Ok(())
+}
+
+/// Record `next` as paid by the payment of `payment_hash` (proved by
+/// `preimage`, at routing fee `fee`), and the posting that books it.
+fn claimed(next: &mut Refund, payment_hash: String, preimage: String, fee: Msat) -> RefundEffect {
+    next.state = RefundState::Claimed;
+    next.payment_hash = Some(payment_hash);
+    next.lookup_required = false;
+    next.failed_hash = None;
+    next.preimage = Some(preimage);
+    next.fee = fee;
+    RefundEffect::Paid {
+        amount: next.payout,
+        sent: next.claimed,
+        fee,
     }
 }
 
@@ -162,6 +217,16 @@ pub struct Refund {
     pub lookup_required: bool,
     /// Proof of payment, once `Claimed`.
     pub preimage: Option<String>,
+    /// The amount of the invoice being paid (`Paying`) or paid (`Claimed`):
+    /// at most `payout`; the difference is the routing-fee budget.
+    pub claimed: Msat,
+    /// The routing fee the payout spent, once `Claimed`.
+    pub fee: Msat,
+    /// The invoice whose payout the backend last reported failed: until
+    /// `invoice_expires_at_ms`, only it may be claimed again.
+    pub failed_hash: Option<String>,
+    /// When the invoice being (or last) paid expires (ms since the Unix epoch).
+    pub invoice_expires_at_ms: i64,
 }
 
 impl Default for Refund {
@@ -181,6 +246,10 @@ impl Refund {
             payment_hash: None,
             lookup_required: false,
             preimage: None,
+            claimed: Msat::ZERO,
+            fee: Msat::ZERO,
+            failed_hash: None,
+            invoice_expires_at_ms: 0,
         }
     }
 
@@ -210,24 +279,45 @@ pub enum RefundEvent {
     },
     /// The payer claims the refund with a Lightning invoice.
     Claim {
-        /// The invoice's amount; it must equal the payable amount exactly.
+        /// The invoice's amount: the payout, or less by at most `max_fee_budget`
+        /// (what it leaves is the routing-fee budget, borne by the claimant).
         invoice_amount: Msat,
         /// The invoice's payment hash.
         invoice_hash: String,
+        /// When the invoice expires.
+        invoice_expires_at_ms: i64,
+        /// The most of the payout the claimant may leave for routing fees.
+        max_fee_budget: Msat,
+        /// The least it must leave: what a backend that cannot cap fees may
+        /// spend (LNbits' reserve); zero for backends that honour the limit.
+        min_fee_budget: Msat,
         /// The time of the claim.
         now_ms: i64,
     },
-    /// The payout to the claimed invoice succeeded.
+    /// The payout to the claimed invoice succeeded. Also accepted for the
+    /// invoice last reported failed (the backend was wrong; a later look-up
+    /// found it paid).
     PayoutSucceeded {
         /// The payment hash that was paid (must be the claimed invoice's).
         payment_hash: String,
         /// The preimage returned by the payment, kept as proof.
         preimage: String,
+        /// The routing fee the payment spent.
+        fee: Msat,
     },
-    /// The payout definitely failed: nothing was paid, so the refund can be
-    /// claimed again (with the same or a new invoice).
+    /// The backend reports the payout failed: nothing was paid as far as it
+    /// knows, so the refund can be claimed again — with the same invoice until
+    /// it expires, then with a new one (after the caller has looked the old
+    /// payment up once more).
     PayoutFailed {
         /// The payment hash that failed (must be the claimed invoice's).
+        payment_hash: String,
+    },
+    /// The backend refused the payout before sending anything (a malformed or
+    /// expired invoice, not enough balance): claimable again at once, with any
+    /// invoice.
+    PayoutRefused {
+        /// The payment hash refused (must be the claimed invoice's).
         payment_hash: String,
     },
     /// The payout's outcome is unknown (a timeout, a lost connection, a crash):
@@ -251,6 +341,7 @@ impl RefundEvent {
             RefundEvent::Claim { .. } => "claim",
             RefundEvent::PayoutSucceeded { .. } => "payout_succeeded",
             RefundEvent::PayoutFailed { .. } => "payout_failed",
+            RefundEvent::PayoutRefused { .. } => "payout_refused",
             RefundEvent::PayoutUnknown { .. } => "payout_unknown",
             RefundEvent::Expire { .. } => "expire",
         }
@@ -268,17 +359,24 @@ pub enum RefundEffect {
         /// Why (selects the idempotency key).
         reason: PoolReason,
     },
-    /// Send the payout: pay the invoice with this hash for exactly `amount`.
+    /// Send the payout: pay the invoice with this hash for `amount`,
+    /// spending at most `max_fee` on routing.
     Pay {
         /// The invoice's payment hash.
         payment_hash: String,
-        /// The payout.
+        /// The invoice's amount.
         amount: Msat,
+        /// The claimant's routing-fee budget.
+        max_fee: Msat,
     },
     /// Post [`Posting::refund_paid`].
     Paid {
-        /// How much left over Lightning.
+        /// What the refund owed (its payout), all of which leaves it now.
         amount: Msat,
+        /// What the invoice received.
+        sent: Msat,
+        /// The routing fee spent.
+        fee: Msat,
     },
 }
 
@@ -300,8 +398,8 @@ impl RefundStep {
                 RefundEffect::ToPool { amount, reason } => {
                     out.push(Posting::refund_to_pool(refund_id, *amount, *reason)?);
                 }
-                RefundEffect::Paid { amount } => {
-                    out.push(Posting::refund_paid(refund_id, *amount)?);
+                RefundEffect::Paid { amount, sent, fee } => {
+                    out.push(Posting::refund_paid(refund_id, *amount, *sent, *fee)?);
                 }
                 RefundEffect::Pay { .. } => {}
             }
@@ -325,17 +423,32 @@ pub enum RefundError {
     /// The refund was offered already.
     #[error("the refund was already offered")]
     AlreadyOffered,
-    /// The claim invoice is not for exactly the payable amount.
+    /// The claim invoice is not for the payable amount (less at most the fee budget).
     #[error(
-        "the refund invoice must be for exactly {expected_sats} sats ({expected_msat} msat), got {got_msat} msat"
+        "the refund invoice must be for exactly {expected_sats} sats ({expected_msat} msat) less a routing-fee budget (which you bear) of {min_budget_msat} to {budget_msat} msat; got {got_msat} msat"
     )]
     WrongAmount {
         /// The payable amount in whole sats.
         expected_sats: u64,
         /// The payable amount in msat.
         expected_msat: u64,
+        /// The most the invoice may leave for routing fees.
+        budget_msat: u64,
+        /// The least it must leave (what the backend may spend whatever its limit).
+        min_budget_msat: u64,
         /// The invoice's amount in msat.
         got_msat: u64,
+    },
+    /// A payout to another invoice was reported failed, and that invoice has
+    /// not expired: only it may be retried until then.
+    #[error(
+        "the payout to invoice {payment_hash} was reported failed; retry with that same invoice, or claim with a new one after it expires (at {until_ms} ms)"
+    )]
+    RetrySameInvoice {
+        /// The invoice to retry.
+        payment_hash: String,
+        /// When a new invoice will be accepted.
+        until_ms: i64,
     },
     /// The offer lapsed; apply [`RefundEvent::Expire`] to move it to the pool.
     #[error("the refund offer expired")]
@@ -444,27 +557,46 @@ pub fn transition(refund: &Refund, event: RefundEvent) -> Result<RefundStep, Ref
             RefundEvent::Claim {
                 invoice_amount,
                 invoice_hash,
+                invoice_expires_at_ms,
+                max_fee_budget,
+                min_fee_budget,
                 now_ms,
             },
         ) => {
+            if let Some(failed) = &refund.failed_hash
+                && *failed != invoice_hash
+                && now_ms < refund.invoice_expires_at_ms
+            {
+                return Err(RefundError::RetrySameInvoice {
+                    payment_hash: failed.clone(),
+                    until_ms: refund.invoice_expires_at_ms,
+                });
+            }
             if now_ms >= refund.expires_at_ms {
                 return Err(RefundError::Expired {
                     expires_at_ms: refund.expires_at_ms,
                 });
             }
-            if invoice_amount != refund.payout {
-                return Err(RefundError::WrongAmount {
-                    expected_sats: refund.payout_sats(),
-                    expected_msat: refund.payout.msat(),
-                    got_msat: invoice_amount.msat(),
-                });
-            }
+            check_claim_amount(
+                refund.payout,
+                invoice_amount,
+                min_fee_budget,
+                max_fee_budget,
+            )?;
             next.state = S::Paying;
+            // A new invoice after the failed one expired (and its payment was
+            // looked up once more by the caller): the failure binds no more.
+            if next.failed_hash.as_deref() != Some(invoice_hash.as_str()) {
+                next.failed_hash = None;
+            }
             next.payment_hash = Some(invoice_hash.clone());
             next.lookup_required = false;
+            next.claimed = invoice_amount;
+            next.invoice_expires_at_ms = invoice_expires_at_ms;
             effects.push(RefundEffect::Pay {
                 payment_hash: invoice_hash,
-                amount: refund.payout,
+                amount: invoice_amount,
+                max_fee: refund.payout.saturating_sub(invoice_amount),
             });
         }
         (S::Paying, RefundEvent::Claim { .. }) => {
@@ -477,6 +609,15 @@ pub fn transition(refund: &Refund, event: RefundEvent) -> Result<RefundStep, Ref
             if now_ms < refund.expires_at_ms {
                 return Err(RefundError::NotExpired {
                     expires_at_ms: refund.expires_at_ms,
+                });
+            }
+            // A payout reported failed may still settle while its invoice lives.
+            if let Some(failed) = &refund.failed_hash
+                && now_ms < refund.invoice_expires_at_ms
+            {
+                return Err(RefundError::RetrySameInvoice {
+                    payment_hash: failed.clone(),
+                    until_ms: refund.invoice_expires_at_ms,
                 });
             }
             next.state = S::Expired;
@@ -492,10 +633,22 @@ pub fn transition(refund: &Refund, event: RefundEvent) -> Result<RefundStep, Ref
             });
         }
 
+        // The backend said a payout failed, and a later look-up found it paid.
+        (
+            S::Pending,
+            RefundEvent::PayoutSucceeded {
+                payment_hash,
+                preimage,
+                fee,
+            },
+        ) if refund.failed_hash.as_deref() == Some(payment_hash.as_str()) => {
+            effects.push(claimed(&mut next, payment_hash, preimage, fee));
+        }
         (
             S::Pending,
             RefundEvent::PayoutSucceeded { .. }
             | RefundEvent::PayoutFailed { .. }
+            | RefundEvent::PayoutRefused { .. }
             | RefundEvent::PayoutUnknown { .. },
         ) => return Err(RefundError::NoPayoutInFlight),
 
@@ -504,21 +657,26 @@ pub fn transition(refund: &Refund, event: RefundEvent) -> Result<RefundStep, Ref
             RefundEvent::PayoutSucceeded {
                 payment_hash,
                 preimage,
+                fee,
             },
         ) => {
             check_hash(refund, &payment_hash)?;
-            next.state = S::Claimed;
-            next.lookup_required = false;
-            next.preimage = Some(preimage);
-            effects.push(RefundEffect::Paid {
-                amount: refund.payout,
-            });
+            effects.push(claimed(&mut next, payment_hash, preimage, fee));
         }
         (S::Paying, RefundEvent::PayoutFailed { payment_hash }) => {
             check_hash(refund, &payment_hash)?;
-            // Definitely nothing paid: claimable again. Expiry is checked at the
-            // next claim, so a payer whose payout failed late is not worse off
-            // than one who never claimed.
+            // Nothing paid as far as the backend knows: claimable again, with
+            // this invoice until it expires. Expiry of the offer is checked at
+            // the next claim, so a payer whose payout failed late is not worse
+            // off than one who never claimed.
+            next.state = S::Pending;
+            next.payment_hash = None;
+            next.lookup_required = false;
+            next.failed_hash = Some(payment_hash);
+        }
+        (S::Paying, RefundEvent::PayoutRefused { payment_hash }) => {
+            check_hash(refund, &payment_hash)?;
+            // Nothing was sent, so nothing can still arrive: any invoice will do.
             next.state = S::Pending;
             next.payment_hash = None;
             next.lookup_required = false;
@@ -564,15 +722,29 @@ mod tests {
         .refund
     }
 
+    /// The fee budget a claimant may leave in these tests.
+    const BUDGET: Msat = Msat::from_msat(500);
+
     fn claim(r: &Refund, msat: u64, hash: &str, now_ms: i64) -> Result<RefundStep, RefundError> {
         transition(
             r,
             RefundEvent::Claim {
                 invoice_amount: Msat::from_msat(msat),
                 invoice_hash: hash.to_owned(),
+                invoice_expires_at_ms: 500,
+                max_fee_budget: BUDGET,
+                min_fee_budget: Msat::ZERO,
                 now_ms,
             },
         )
+    }
+
+    fn succeeded(hash: &str, fee: u64) -> RefundEvent {
+        RefundEvent::PayoutSucceeded {
+            payment_hash: hash.into(),
+            preimage: "pre".into(),
+            fee: Msat::from_msat(fee),
+        }
     }
 
     #[test]
@@ -663,7 +835,7 @@ mod tests {
     }
 
     #[test]
-    fn a_claim_must_be_for_the_exact_payable_amount() {
+    fn a_claim_is_for_the_payout_less_at_most_the_fee_budget() {
         let r = offered(7_250);
         let err = claim(&r, 7_250, "h1", 10).unwrap_err();
         assert_eq!(
@@ -671,19 +843,103 @@ mod tests {
             RefundError::WrongAmount {
                 expected_sats: 7,
                 expected_msat: 7_000,
+                budget_msat: 500,
+                min_budget_msat: 0,
                 got_msat: 7_250
             }
         );
         assert!(err.to_string().contains("exactly 7 sats"));
+        assert!(matches!(
+            claim(&r, 6_499, "h1", 10),
+            Err(RefundError::WrongAmount { .. })
+        ));
         let step = claim(&r, 7_000, "h1", 10).unwrap();
         assert_eq!(step.refund.state, RefundState::Paying);
         assert_eq!(
             step.effects,
             vec![RefundEffect::Pay {
                 payment_hash: "h1".into(),
-                amount: Msat::from_msat(7_000)
+                amount: Msat::from_msat(7_000),
+                max_fee: Msat::ZERO,
             }]
         );
+        // Leaving 500 msat: that is the most the payout may spend on fees.
+        let step = claim(&r, 6_500, "h1", 10).unwrap();
+        assert_eq!(
+            step.effects,
+            vec![RefundEffect::Pay {
+                payment_hash: "h1".into(),
+                amount: Msat::from_msat(6_500),
+                max_fee: Msat::from_msat(500),
+            }]
+        );
+        let paid = transition(&step.refund, succeeded("h1", 120)).unwrap();
+        assert_eq!(
+            paid.effects,
+            vec![RefundEffect::Paid {
+                amount: Msat::from_msat(7_000),
+                sent: Msat::from_msat(6_500),
+                fee: Msat::from_msat(120),
+            }]
+        );
+        let p = paid.postings("r").unwrap();
+        assert!(p[0].is_balanced());
+    }
+
+    /// A backend reported a payout failed although an HTLC was still held: a
+    /// new invoice accepted at once could be paid too.
+    #[test]
+    fn after_a_reported_failure_only_the_same_invoice_is_retried_until_it_expires() {
+        let paying = claim(&offered(7_000), 7_000, "h1", 10).unwrap().refund;
+        let failed = transition(
+            &paying,
+            RefundEvent::PayoutFailed {
+                payment_hash: "h1".into(),
+            },
+        )
+        .unwrap()
+        .refund;
+        assert_eq!(failed.state, RefundState::Pending);
+        assert_eq!(
+            claim(&failed, 7_000, "h2", 20),
+            Err(RefundError::RetrySameInvoice {
+                payment_hash: "h1".into(),
+                until_ms: 500
+            })
+        );
+        assert!(matches!(
+            transition(&failed, RefundEvent::Expire { now_ms: 499 }),
+            Err(RefundError::NotExpired { .. })
+        ));
+        // The same invoice may be retried at once.
+        assert!(claim(&failed, 7_000, "h1", 20).is_ok());
+        // A look-up finds the "failed" payout paid after all: claimed, once.
+        let late = transition(&failed, succeeded("h1", 0)).unwrap();
+        assert_eq!(late.refund.state, RefundState::Claimed);
+        assert!(claim(&late.refund, 7_000, "h2", 600).is_err());
+        // Past the failed invoice's expiry, a new invoice is accepted, and the
+        // old failure binds no more (were the new one refused, any may follow).
+        let second = claim(&failed, 7_000, "h2", 500).unwrap().refund;
+        assert_eq!(second.failed_hash, None);
+        let refused = transition(
+            &second,
+            RefundEvent::PayoutRefused {
+                payment_hash: "h2".into(),
+            },
+        )
+        .unwrap()
+        .refund;
+        assert!(claim(&refused, 7_000, "h3", 501).is_ok());
+        // A refusal before anything was sent binds nothing.
+        let refused = transition(
+            &paying,
+            RefundEvent::PayoutRefused {
+                payment_hash: "h1".into(),
+            },
+        )
+        .unwrap()
+        .refund;
+        assert!(claim(&refused, 7_000, "h2", 20).is_ok());
     }
 
     #[test]
@@ -695,18 +951,13 @@ mod tests {
                 payment_hash: "first".into()
             })
         );
-        let claimed = transition(
-            &paying,
-            RefundEvent::PayoutSucceeded {
-                payment_hash: "first".into(),
-                preimage: "pre".into(),
-            },
-        )
-        .unwrap();
+        let claimed = transition(&paying, succeeded("first", 0)).unwrap();
         assert_eq!(
             claimed.effects,
             vec![RefundEffect::Paid {
-                amount: Msat::from_msat(7_000)
+                amount: Msat::from_msat(7_000),
+                sent: Msat::from_msat(7_000),
+                fee: Msat::ZERO,
             }]
         );
         assert_eq!(
@@ -775,7 +1026,8 @@ mod tests {
             ),
             Err(RefundError::HashMismatch { .. })
         ));
-        // The lookup says it failed: claimable again with a new invoice.
+        // The lookup says it failed: claimable again, with a new invoice once
+        // the failed one has expired.
         let again = transition(
             &unknown,
             RefundEvent::PayoutFailed {
@@ -786,7 +1038,8 @@ mod tests {
         .refund;
         assert_eq!(again.state, RefundState::Pending);
         assert!(!again.lookup_required);
-        assert!(claim(&again, 7_000, "h2", 30).is_ok());
+        assert!(claim(&again, 7_000, "h2", 30).is_err());
+        assert!(claim(&again, 7_000, "h2", 500).is_ok());
     }
 
     #[test]
@@ -809,9 +1062,10 @@ mod tests {
     #[derive(Debug, Clone)]
     enum Ev {
         Offer { msat: u64, dust: u64 },
-        Claim { delta: i8, hash: u8, now: i64 },
-        Succeeded { hash: u8 },
+        Claim { delta: i16, hash: u8, now: i64 },
+        Succeeded { hash: u8, fee: u64 },
         Failed { hash: u8 },
+        Refused { hash: u8 },
         Unknown { hash: u8 },
         Expire { now: i64 },
     }
@@ -819,13 +1073,14 @@ mod tests {
     fn ev() -> impl Strategy<Value = Ev> {
         prop_oneof![
             (0u64..50_000, 0u64..10_000).prop_map(|(msat, dust)| Ev::Offer { msat, dust }),
-            (-1i8..2, 0u8..4, 0i64..2_000).prop_map(|(delta, hash, now)| Ev::Claim {
+            (-600i16..2, 0u8..4, 0i64..2_000).prop_map(|(delta, hash, now)| Ev::Claim {
                 delta,
                 hash,
                 now
             }),
-            (0u8..4).prop_map(|hash| Ev::Succeeded { hash }),
+            (0u8..4, 0u64..1_000).prop_map(|(hash, fee)| Ev::Succeeded { hash, fee }),
             (0u8..4).prop_map(|hash| Ev::Failed { hash }),
+            (0u8..4).prop_map(|hash| Ev::Refused { hash }),
             (0u8..4).prop_map(|hash| Ev::Unknown { hash }),
             (0i64..2_000).prop_map(|now| Ev::Expire { now }),
         ]
@@ -840,7 +1095,9 @@ mod tests {
             let mut payouts_succeeded = 0;
             let mut pool_reasons = Vec::new();
             let mut in_flight: Option<String> = None;
+            let mut last_now = 0i64;
             for e in evs {
+                if let Ev::Claim { now, .. } = e { last_now = now; }
                 let event = match e {
                     Ev::Offer { msat, dust } => RefundEvent::Offer {
                         amount: Msat::from_msat(msat),
@@ -850,10 +1107,14 @@ mod tests {
                     Ev::Claim { delta, hash, now } => RefundEvent::Claim {
                         invoice_amount: Msat::from_msat(r.payout.msat().saturating_add_signed(i64::from(delta))),
                         invoice_hash: format!("h{hash}"),
+                        invoice_expires_at_ms: now + 300,
+                        max_fee_budget: BUDGET,
+                        min_fee_budget: Msat::ZERO,
                         now_ms: now,
                     },
-                    Ev::Succeeded { hash } => RefundEvent::PayoutSucceeded { payment_hash: format!("h{hash}"), preimage: "p".into() },
+                    Ev::Succeeded { hash, fee } => RefundEvent::PayoutSucceeded { payment_hash: format!("h{hash}"), preimage: "p".into(), fee: Msat::from_msat(fee) },
                     Ev::Failed { hash } => RefundEvent::PayoutFailed { payment_hash: format!("h{hash}") },
+                    Ev::Refused { hash } => RefundEvent::PayoutRefused { payment_hash: format!("h{hash}") },
                     Ev::Unknown { hash } => RefundEvent::PayoutUnknown { payment_hash: format!("h{hash}") },
                     Ev::Expire { now } => RefundEvent::Expire { now_ms: now },
                 };
@@ -870,16 +1131,26 @@ mod tests {
                                 prop_assert!(!pool_reasons.contains(reason), "pooled twice for {:?}", reason);
                                 pool_reasons.push(*reason);
                             }
-                            RefundEffect::Paid { amount } => {
+                            RefundEffect::Paid { amount, sent, .. } => {
                                 paid += amount.msat();
                                 payouts_succeeded += 1;
-                                // Only the one in-flight invoice can be the one that was paid.
-                                prop_assert_eq!(step.refund.payment_hash.as_ref(), in_flight.as_ref());
+                                prop_assert!(*sent <= *amount);
+                                // Only an invoice that was claimed (in flight, or the
+                                // last one reported failed) can be the one that was paid.
+                                prop_assert!(
+                                    step.refund.payment_hash.as_ref() == in_flight.as_ref()
+                                        || step.refund.payment_hash == r.failed_hash
+                                );
                             }
-                            RefundEffect::Pay { payment_hash, amount } => {
+                            RefundEffect::Pay { payment_hash, amount, max_fee } => {
                                 prop_assert!(in_flight.is_none(), "a second payout started while one was in flight");
-                                prop_assert_eq!(*amount, r.payout);
-                                prop_assert_eq!(amount.msat() % 1_000, 0);
+                                // The claimant's invoice and fee budget never exceed the payout.
+                                prop_assert_eq!(amount.checked_add(*max_fee).ok(), Some(r.payout));
+                                prop_assert!(*max_fee <= BUDGET);
+                                // A different invoice only once the failed one expired.
+                                if let Some(f) = &r.failed_hash && f != payment_hash {
+                                    prop_assert!(last_now >= r.invoice_expires_at_ms);
+                                }
                                 in_flight = Some(payment_hash.clone());
                             }
                         }

@@ -13,6 +13,9 @@ pub enum SessionState {
     Paused,
     /// Not used within its TTL.
     Expired,
+    /// Closed by its owner: its balance became a refund. A payment of one of
+    /// its invoices that arrives afterwards revives it (the money is the payer's).
+    Closed,
 }
 
 impl SessionState {
@@ -23,6 +26,7 @@ impl SessionState {
             SessionState::Active => "active",
             SessionState::Paused => "paused",
             SessionState::Expired => "expired",
+            SessionState::Closed => "closed",
         }
     }
 
@@ -33,6 +37,7 @@ impl SessionState {
             "active" => SessionState::Active,
             "paused" => SessionState::Paused,
             "expired" => SessionState::Expired,
+            "closed" => SessionState::Closed,
             _ => return None,
         })
     }

@@ -1,7 +1,7 @@
 //! The router (`app`) apart from serving (`serve`), so tests and the
 //! simulator can run many gateways in one process.
 
-use std::{future::Future, net::SocketAddr, time::Duration};
+use std::{future::Future, time::Duration};
 
 use axum::{
     Json, Router,
@@ -33,12 +33,14 @@ pub fn app(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/identity/challenge", post(crate::identity::challenge))
         .route("/v1/identity/verify", post(crate::identity::verify))
         .route("/v1/identity/vouch", post(crate::identity::vouch))
+        // Looking an identity up marks it seen (a write), for anyone holding a free token.
+        .route("/v1/identity/me", get(crate::identity::me))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             ratelimit::limit,
         ));
     let mut router = Router::new()
-        .route("/healthz", get(healthz))
+        .route("/healthz", get(crate::health::healthz))
         .route("/v1/models", get(models))
         .route("/metrics", get(metrics))
         .route(
@@ -61,7 +63,6 @@ pub fn app(state: AppState, max_body_bytes: usize) -> Router {
         )
         .route("/v1/l402/refund", post(crate::refunds::claim_l402))
         .route("/v1/sessions/{id}/topup", post(sessions::topup))
-        .route("/v1/identity/me", get(crate::identity::me))
         .route("/v1/pool", get(crate::free::pool))
         .merge(public);
     if state.demo.enabled {
@@ -81,6 +82,8 @@ pub fn app(state: AppState, max_body_bytes: usize) -> Router {
         router = router.merge(
             Router::new()
                 .route("/v1/dev/pay", post(dev_pay))
+                .route("/v1/dev/invoice", post(dev_invoice))
+                .route("/v1/dev/invoices/{hash}", get(dev_invoice_status))
                 .route_layer(middleware::from_fn_with_state(
                     state.clone(),
                     ratelimit::limit,
@@ -88,8 +91,11 @@ pub fn app(state: AppState, max_body_bytes: usize) -> Router {
         );
     }
     let cors = cors(&state.cors_origins);
+    let body_timeout = state.body_timeout;
+    let max_header_bytes = state.limits.max_header_buffer / 2;
     let router = router
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
             state.clone(),
             crate::identity::identify,
@@ -101,11 +107,21 @@ pub fn app(state: AppState, max_body_bytes: usize) -> Router {
     };
     router
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(body_timeout))
+        .layer(middleware::from_fn(move |req: Request<axum::body::Body>, next: middleware::Next| {
+            header_limit(max_header_bytes, req, next)
+        }))
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
                 let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
-                // The path only: query strings and bodies may carry prompts or secrets.
-                tracing::info_span!("http", request_id = %id, method = %req.method(), path = %req.uri().path())
+                // The route, not the path: a path may carry a capability (a job id), and
+                // query strings and bodies may carry prompts or secrets.
+                let route = req
+                    .extensions()
+                    .get::<axum::extract::MatchedPath>()
+                    .map_or("(no route)", |m| m.as_str())
+                    .to_owned();
+                tracing::info_span!("http", request_id = %id, method = %req.method(), route = %route)
             }),
         )
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
@@ -154,6 +170,12 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
 
 /// Serve `app` on `listener` until `shutdown` resolves, then wait for
 /// in-flight settlements and background loops to finish.
+///
+/// This process keeps saying it is alive until that work is done, and
+/// retires its instance row only then: a peer must not take its open holds
+/// for abandoned ones while it is still settling them. If the work outlives
+/// the 30 s allowed, the row is left to go stale, and the holds are released
+/// by whichever process notices first.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
@@ -169,14 +191,10 @@ pub async fn serve(
     {
         tracing::error!(error = %e, "first heartbeat failed");
     }
-    crate::background::spawn(&state);
+    let heartbeat = crate::background::spawn(&state);
     let router = app(state.clone(), max_body_bytes);
     let stop = state.shutdown.clone();
-    let result = axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    let result = crate::server::run(listener, router, state.limits, async move {
         tokio::select! {
             _ = shutdown => {},
             _ = stop.cancelled() => {},
@@ -185,14 +203,51 @@ pub async fn serve(
     .await;
     state.shutdown.cancel();
     state.tasks.close();
-    if tokio::time::timeout(Duration::from_secs(30), state.tasks.wait())
+    let drained = tokio::time::timeout(Duration::from_secs(30), state.tasks.wait())
         .await
-        .is_err()
-    {
+        .is_ok();
+    if !drained {
         tracing::warn!("background work still running after 30 s; stopping anyway");
     }
+    heartbeat.stop(drained).await;
     state.estimates.flush(&state.store).await;
     result
+}
+
+/// Answer 431 in the API's error shape when the request's headers are larger
+/// than `max` bytes (hyper's own 431, for headers past its buffer, has no body).
+async fn header_limit(
+    max: usize,
+    req: Request<axum::body::Body>,
+    next: middleware::Next,
+) -> Response {
+    let size: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if size > max {
+        return ApiError {
+            status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            kind: "invalid_request_error",
+            code: "headers_too_large",
+            message: format!(
+                "the request line and headers are {size} bytes; at most {max} are accepted"
+            ),
+        }
+        .into_response();
+    }
+    next.run(req).await
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        kind: "invalid_request_error",
+        code: "method_not_allowed",
+        message: "this endpoint does not accept this method".into(),
+    }
 }
 
 async fn not_found() -> ApiError {
@@ -211,35 +266,16 @@ async fn metrics(
     )
 }
 
-async fn healthz(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({
-        "status": "ok",
-        "database": state.store.dialect(),
-        "lightning": state.lightning.name(),
-        "real_money": state.lightning.is_real_money(),
-    }))
-}
-
 async fn models(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let (btc, source) = state.oracle.btc_usd().await;
     let mut data = Vec::new();
     for m in state.models.values() {
-        let (i, o) = m
-            .rates
-            .per_mtok_msat(btc)
-            .map_err(|e| ApiError::internal(&e))?;
         data.push(json!({
             "id": m.name,
             "object": "model",
             "created": 0,
             "owned_by": "sluice",
-            "pricing": {
-                "input_msat_per_mtok": i.msat(),
-                "output_msat_per_mtok": o.msat(),
-                "input_sats_per_mtok": i.to_sats_ceil(),
-                "output_sats_per_mtok": o.to_sats_ceil(),
-                "minimum_charge_msat": sluice_core::MIN_CHARGE.msat(),
-            },
+            "pricing": crate::pricing::price_card(m, btc)?,
             "max_output_tokens": m.budget.max_output,
             "default_max_tokens": m.budget.default_max_output,
             "context_length": m.budget.context_length,
@@ -249,7 +285,7 @@ async fn models(State(state): State<AppState>) -> Result<Json<Value>, ApiError> 
         "object": "list",
         "data": data,
         "btc_usd": sluice_core::UsdMicros(btc.micros()).to_decimal_string(),
-        "btc_usd_source": format!("{source:?}").to_lowercase(),
+        "btc_usd_source": source.as_str(),
     })))
 }
 
@@ -281,15 +317,22 @@ struct PayBody {
     bolt11: String,
 }
 
-/// `POST /v1/dev/pay`: pay a dev-wallet invoice (mounted only with the dev wallet).
+/// The customer's side of the dev wallet (mounted only with the dev wallet).
+fn dev_customer(state: &AppState) -> Result<sluice_lightning::dev::DevWallet, ApiError> {
+    state
+        .dev_wallet
+        .as_ref()
+        .map(|w| w.counterparty())
+        .ok_or_else(|| ApiError::not_found("not_found", "no such endpoint"))
+}
+
+/// `POST /v1/dev/pay`: the customer pays one of the gateway's dev invoices.
 async fn dev_pay(
     State(state): State<AppState>,
     body: Result<Json<PayBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(b) = body?;
-    let Some(wallet) = &state.dev_wallet else {
-        return Err(ApiError::not_found("not_found", "no such endpoint"));
-    };
+    let wallet = dev_customer(&state)?;
     use sluice_lightning::{Lightning, LightningError as E};
     match wallet
         .pay_invoice(b.bolt11.trim(), sluice_core::Msat::ZERO)
@@ -324,4 +367,87 @@ async fn dev_pay(
         )),
         Err(e) => Err(ApiError::internal(&e)),
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DevInvoiceBody {
+    amount_sats: u64,
+    memo: Option<String>,
+    /// Seconds the invoice stays payable (default: `lightning.invoice_expiry_secs`).
+    expiry_secs: Option<u64>,
+}
+
+/// `POST /v1/dev/invoice`: an invoice of the customer's own dev wallet, for
+/// the gateway to pay (a refund claim).
+async fn dev_invoice(
+    State(state): State<AppState>,
+    body: Result<Json<DevInvoiceBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(b) = body?;
+    let wallet = dev_customer(&state)?;
+    use sluice_lightning::Lightning;
+    let amount = sluice_core::Msat::from_sats(b.amount_sats)
+        .ok()
+        .filter(|a| *a > sluice_core::Msat::ZERO)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "amount_out_of_range",
+                "amount_sats must be a positive number of sats",
+            )
+        })?;
+    let memo = b
+        .memo
+        .unwrap_or_else(|| "sluice dev wallet: customer invoice".into());
+    if memo.len() > 256 {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "memo is longer than 256 bytes",
+        ));
+    }
+    let expiry = b.expiry_secs.map_or(state.invoice_expiry, |s| {
+        Duration::from_secs(s.clamp(1, 7 * 86_400))
+    });
+    let inv = wallet
+        .create_invoice(amount, &memo, expiry)
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "bolt11": inv.bolt11,
+            "payment_hash": inv.payment_hash.to_hex(),
+            "amount_sats": b.amount_sats,
+            "expires_at": inv.expires_at,
+            "real_money": false,
+            "warning": "dev wallet: NOT real money",
+        })),
+    )
+        .into_response())
+}
+
+/// `GET /v1/dev/invoices/{hash}`: whether a customer dev invoice was paid.
+async fn dev_invoice_status(
+    State(state): State<AppState>,
+    crate::extract::ApiPath(hash): crate::extract::ApiPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    let wallet = dev_customer(&state)?;
+    use sluice_lightning::{InvoiceStatus, Lightning, LightningError, PaymentHash};
+    let h = PaymentHash::from_hex(hash.trim())
+        .map_err(|_| ApiError::bad_request("invalid_payment_hash", "expected 64 hex characters"))?;
+    let state_name = match wallet.lookup_invoice(&h).await {
+        Ok(InvoiceStatus::Pending) => "pending",
+        Ok(InvoiceStatus::Settled { .. }) => "paid",
+        Ok(InvoiceStatus::Expired) => "expired",
+        Err(LightningError::NotFound) => {
+            return Err(ApiError::not_found(
+                "invoice_not_found",
+                "the customer's dev wallet issued no invoice with this hash",
+            ));
+        }
+        Err(e) => return Err(ApiError::internal(&e)),
+    };
+    Ok(Json(
+        json!({"payment_hash": h.to_hex(), "state": state_name, "real_money": false}),
+    ))
 }

@@ -25,6 +25,9 @@ pub struct Payer {
     pub spend_caps: Vec<SpendCap>,
     /// The L402 token id, when paid by L402.
     pub l402_token: Option<[u8; 32]>,
+    /// When the presented L402 credential stops being valid (its earliest
+    /// expiry caveat), if it carries one.
+    pub valid_until: Option<u64>,
 }
 
 impl From<SessionAuth> for Payer {
@@ -34,6 +37,7 @@ impl From<SessionAuth> for Payer {
             models: a.claims.models,
             spend_caps: a.claims.spend_caps,
             l402_token: None,
+            valid_until: None,
         }
     }
 }
@@ -107,6 +111,48 @@ pub fn authenticate_for(
             "this credential belongs to another session",
         ));
     }
+    Ok(auth)
+}
+
+impl Payer {
+    /// Whether the credential carries the balance's whole authority: no spend
+    /// cap and no model list. Closing and refunding need it (see [`require_unrestricted`]).
+    pub fn is_unrestricted(&self) -> bool {
+        self.spend_caps.is_empty() && self.models.is_none()
+    }
+}
+
+/// Closing a balance and claiming its refund move all of it, so only a
+/// credential with no spend cap and no model list may do them: a delegate
+/// given a capped credential may spend up to its cap and nothing else. A
+/// credential narrowed only in expiry keeps the whole authority until it expires.
+pub fn require_unrestricted(payer: &Payer) -> Result<(), ApiError> {
+    if payer.is_unrestricted() {
+        return Ok(());
+    }
+    let what = match (payer.spend_caps.is_empty(), payer.models.is_none()) {
+        (false, true) => "a spend cap",
+        (true, false) => "a model list",
+        _ => "a spend cap and a model list",
+    };
+    Err(ApiError::forbidden(
+        "credential_restricted",
+        format!(
+            "this credential carries {what}: it may spend within them but not close the balance or claim its refund; use the unrestricted credential"
+        ),
+    ))
+}
+
+/// Authenticate for `session_id` with the whole authority over its balance
+/// (to close it or claim its refund).
+pub fn authenticate_owner(
+    state: &AppState,
+    headers: &HeaderMap,
+    session_id: &str,
+    now_unix: u64,
+) -> Result<SessionAuth, ApiError> {
+    let auth = authenticate_for(state, headers, session_id, now_unix)?;
+    require_unrestricted(&auth.clone().into())?;
     Ok(auth)
 }
 

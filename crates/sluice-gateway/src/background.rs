@@ -57,7 +57,19 @@ pub async fn credit(state: &AppState, hash: &PaymentHash, preimage_hex: &str) {
     }
 }
 
-/// Look up every pending invoice once; credit the settled, expire the expired.
+/// How long after its expiry an invoice is still looked up: a node may settle
+/// an HTLC that arrived just before the expiry a little after it, and some
+/// adapters read "expired" from the invoice's expiry by this host's clock.
+pub const EXPIRY_GRACE_MS: i64 = 10 * 60 * 1000;
+
+/// Whether an invoice the backend calls expired is past its grace (see
+/// [`EXPIRY_GRACE_MS`]), so it may be recorded as unpaid.
+pub fn past_expiry_grace(expires_at_ms: i64) -> bool {
+    now_ms() >= expires_at_ms.saturating_add(EXPIRY_GRACE_MS)
+}
+
+/// Look up every pending invoice once; credit the settled, expire the expired
+/// (once past [`EXPIRY_GRACE_MS`]).
 pub async fn poll_pending(state: &AppState) {
     let pending = match state.store.pending_invoices(500).await {
         Ok(p) => p,
@@ -74,12 +86,12 @@ pub async fn poll_pending(state: &AppState) {
             Ok(InvoiceStatus::Settled { preimage, .. }) => {
                 credit(state, &hash, &preimage.to_hex()).await
             }
-            Ok(InvoiceStatus::Expired) => {
+            Ok(InvoiceStatus::Expired) if past_expiry_grace(inv.expires_at_ms) => {
                 if let Err(e) = state.store.expire_invoice(&inv.payment_hash).await {
                     tracing::error!(error = %e, "could not expire an invoice");
                 }
             }
-            Ok(InvoiceStatus::Pending) => {}
+            Ok(InvoiceStatus::Expired | InvoiceStatus::Pending) => {}
             Err(e) => {
                 tracing::warn!(payment_hash = %inv.payment_hash, error = %e, "invoice lookup failed")
             }
@@ -95,10 +107,15 @@ async fn poll_all(state: &AppState) {
     }
 }
 
-/// Release the holds of gateway processes that stopped without settling.
+/// Release the holds of gateway processes that stopped without settling, and
+/// every hold past its deadline (whichever process took it): a hold always ends.
 pub async fn reconcile_abandoned(state: &AppState) {
-    let stale_before = now_ms() - i64::try_from(state.stale_after.as_millis()).unwrap_or(i64::MAX);
-    let open = match state.store.abandoned_holds(stale_before).await {
+    let now = now_ms();
+    let open = match state
+        .store
+        .abandoned_holds(state.stale_before(now), now, &state.instance_id)
+        .await
+    {
         Ok(o) => o,
         Err(e) => {
             tracing::error!(error = %e, "could not list abandoned holds");
@@ -117,7 +134,7 @@ pub async fn reconcile_abandoned(state: &AppState) {
             .await
         {
             Ok(s) => {
-                tracing::warn!(request_id = %r.id, released_msat = s.released.msat(), "released a hold abandoned by a stopped gateway")
+                tracing::warn!(request_id = %r.id, released_msat = s.released.msat(), "released a hold abandoned by a stopped gateway or past its deadline")
             }
             Err(sluice_store::StoreError::Conflict(_)) => {} // another process got there first
             Err(e) => {
@@ -127,8 +144,40 @@ pub async fn reconcile_abandoned(state: &AppState) {
     }
 }
 
-/// Start the background loops; they stop when `state.shutdown` is cancelled.
-pub fn spawn(state: &AppState) {
+/// The heartbeat and reconciler loops, which outlive shutdown's drain (see [`Heartbeat::stop`]).
+pub struct Heartbeat {
+    stop: tokio_util::sync::CancellationToken,
+    handles: [tokio::task::JoinHandle<()>; 2],
+    state: AppState,
+}
+
+impl Heartbeat {
+    /// Stop saying this process is alive. When its in-flight work has
+    /// `drained`, retire its instance row at once; otherwise leave the row to
+    /// go stale, so peers release its holds only after the staleness window.
+    pub async fn stop(self, drained: bool) {
+        self.stop.cancel();
+        for handle in self.handles {
+            let _ = handle.await;
+        }
+        if !drained {
+            return;
+        }
+        if let Err(e) = self
+            .state
+            .store
+            .retire_instance(&self.state.instance_id)
+            .await
+        {
+            tracing::warn!(error = %e, "could not retire this gateway instance");
+        }
+    }
+}
+
+/// Start the background loops: invoice crediting stops when `state.shutdown`
+/// is cancelled; the heartbeat (with the reconcilers it drives) runs until
+/// [`Heartbeat::stop`], so it keeps going while shutdown drains in-flight work.
+pub fn spawn(state: &AppState) -> Heartbeat {
     if state.job_models.is_some() {
         let s = state.clone();
         state
@@ -154,24 +203,44 @@ pub fn spawn(state: &AppState) {
             }
         }
     });
-    let s = state.clone();
-    state.tasks.spawn(async move {
+    let stop = tokio_util::sync::CancellationToken::new();
+    // Neither is a tracked task: shutdown waits for tracked work while these
+    // keep going. The heartbeat has a loop of its own, so a reconciler stuck
+    // on a slow Lightning node or database never lets this process's
+    // heartbeat go stale (which would let peers take over its live holds).
+    let (s, token) = (state.clone(), stop.clone());
+    let beat = tokio::spawn(async move {
         let mut tick = tokio::time::interval(heartbeat_every(s.stale_after));
         loop {
             tokio::select! {
-                _ = s.shutdown.cancelled() => break,
+                _ = token.cancelled() => break,
                 _ = tick.tick() => {
                     if let Err(e) = s.store.heartbeat(&s.instance_id, now_ms()).await {
                         tracing::error!(error = %e, "heartbeat failed");
                     }
+                }
+            }
+        }
+    });
+    let (s, token) = (state.clone(), stop.clone());
+    let reconcilers = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(heartbeat_every(s.stale_after));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => break,
+                _ = tick.tick() => {
                     reconcile_abandoned(&s).await;
+                    crate::jobs::reconcile(&s).await;
                     crate::jobs::expire_refunds(&s).await;
                     crate::refunds::reconcile(&s).await;
                 }
             }
         }
-        if let Err(e) = s.store.retire_instance(&s.instance_id).await {
-            tracing::warn!(error = %e, "could not retire this gateway instance");
-        }
     });
+    Heartbeat {
+        stop,
+        handles: [beat, reconcilers],
+        state: state.clone(),
+    }
 }

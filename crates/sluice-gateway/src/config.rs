@@ -64,6 +64,10 @@ pub struct Config {
     pub l402: L402Config,
     /// Two-phase jobs and refunds.
     pub jobs: JobsConfig,
+    /// Refund payouts and their routing fees.
+    pub refunds: RefundsConfig,
+    /// Learned output-length estimates.
+    pub estimates: EstimatesConfig,
     /// Nostr identity: login challenges, identity tokens, NIP-98.
     pub identity: IdentityConfig,
     /// Trust scores and tiers.
@@ -93,6 +97,15 @@ pub struct ServerConfig {
     /// Web origins allowed to call the API from a browser (CORS), e.g. a page that logs in
     /// with a NIP-07 extension; `["*"]` allows any. Empty: no CORS headers.
     pub cors_origins: Vec<String>,
+    /// Seconds a client has to send a request's headers; an idle keep-alive
+    /// connection is closed after this long too.
+    pub header_timeout_secs: u64,
+    /// Seconds a client has to send a request's body.
+    pub body_timeout_secs: u64,
+    /// Connections open at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Connections open at once from one client IP (IPv6: one /64); more are closed.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for ServerConfig {
@@ -106,6 +119,10 @@ impl Default for ServerConfig {
             public_rate_per_minute: 60,
             instance_stale_secs: DEFAULT_INSTANCE_STALE_SECS,
             cors_origins: Vec::new(),
+            header_timeout_secs: 10,
+            body_timeout_secs: 30,
+            max_connections: 1024,
+            max_connections_per_ip: 64,
         }
     }
 }
@@ -163,6 +180,11 @@ pub struct LightningConfig {
     pub rune: Option<Secret>,
     /// PEM file of the node's TLS certificate (LND's tls.cert, CLN's ca.pem).
     pub tls_cert: Option<PathBuf>,
+    /// LNbits: the server's `LNBITS_RESERVE_FEE_MIN`, msat. LNbits cannot cap one
+    /// payment's fee; a refund claim must leave at least its reserve for routing.
+    pub lnbits_fee_reserve_min_msat: u64,
+    /// LNbits: the server's `LNBITS_RESERVE_FEE_PERCENT`, in parts per million.
+    pub lnbits_fee_reserve_ppm: u64,
 }
 
 impl Default for LightningConfig {
@@ -177,6 +199,8 @@ impl Default for LightningConfig {
             macaroon: None,
             rune: None,
             tls_cert: None,
+            lnbits_fee_reserve_min_msat: sluice_lightning::lnbits::DEFAULT_FEE_RESERVE_MIN.msat(),
+            lnbits_fee_reserve_ppm: sluice_lightning::lnbits::DEFAULT_FEE_RESERVE_PPM,
         }
     }
 }
@@ -195,8 +219,13 @@ pub struct OracleConfig {
     pub cache_secs: u64,
     /// Seconds before a fetch is abandoned.
     pub timeout_secs: u64,
-    /// Price used when the source fails and nothing fresh is cached.
+    /// Price used when the source fails and no good price was ever fetched.
     pub fallback_btc_usd: f64,
+    /// A quote more than this many percent away from the last good one is refused
+    /// (the first quote is checked against the fallback price, ten times wider).
+    pub max_move_pct: u32,
+    /// Seconds after which the last good price is stale (`/healthz` says so).
+    pub max_age_secs: u64,
 }
 
 impl Default for OracleConfig {
@@ -208,6 +237,8 @@ impl Default for OracleConfig {
             cache_secs: 60,
             timeout_secs: 5,
             fallback_btc_usd: 100_000.0,
+            max_move_pct: 20,
+            max_age_secs: 900,
         }
     }
 }
@@ -287,7 +318,8 @@ pub struct JobsConfig {
     pub max_request_chars: usize,
     /// Seconds a refund can be claimed before it goes to the generosity pool.
     pub refund_expiry_secs: u64,
-    /// Refunds below this many msat go to the generosity pool.
+    /// Refunds below this many msat go to the generosity pool: the smallest
+    /// payout (of jobs, sessions and L402 tokens alike).
     pub dust_msat: u64,
 }
 
@@ -301,6 +333,60 @@ impl Default for JobsConfig {
             max_request_chars: 500,
             refund_expiry_secs: 7 * 86_400,
             dust_msat: 1_000,
+        }
+    }
+}
+
+/// `[refunds]`: how payouts of refunds spend on routing fees. The claimant
+/// bears them: a claim invoice may be for less than the refund, by at most
+/// the budget below, and what it leaves is the most the payout may spend on
+/// routing (what it does not spend goes to the generosity pool).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RefundsConfig {
+    /// The most a claim invoice may leave for fees, percent of the refund.
+    pub fee_budget_pct: u32,
+    /// ...or this many sats, when that is more.
+    pub fee_budget_min_sats: u64,
+    /// A claim invoice may expire at most this many seconds ahead: after a payout
+    /// the backend reported failed, only that invoice may be retried until it
+    /// expires, so its expiry bounds how long a refund can be held up.
+    pub max_invoice_expiry_secs: u64,
+}
+
+impl Default for RefundsConfig {
+    fn default() -> Self {
+        RefundsConfig {
+            fee_budget_pct: 5,
+            fee_budget_min_sats: 2,
+            max_invoice_expiry_secs: 86_400,
+        }
+    }
+}
+
+impl RefundsConfig {
+    /// The most a claim invoice for a `payout` refund may leave for fees.
+    pub fn max_fee_budget(&self, payout: sluice_core::Msat) -> sluice_core::Msat {
+        let pct = u128::from(payout.msat()) * u128::from(self.fee_budget_pct.min(100)) / 100;
+        let pct = sluice_core::Msat::from_msat(u64::try_from(pct).unwrap_or(u64::MAX));
+        let floor = sluice_core::Msat::from_msat(self.fee_budget_min_sats.saturating_mul(1_000));
+        pct.max(floor).min(payout)
+    }
+}
+
+/// `[estimates]`: learning output lengths from settled requests.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EstimatesConfig {
+    /// Observations one payer (session, L402 token or identity) may contribute to one
+    /// model and request class per hour; more are not learned (0: no bound).
+    pub per_payer_per_hour: u32,
+}
+
+impl Default for EstimatesConfig {
+    fn default() -> Self {
+        EstimatesConfig {
+            per_payer_per_hour: 16,
         }
     }
 }
@@ -334,7 +420,8 @@ impl Default for IdentityConfig {
     }
 }
 
-/// `[trust]`: how scores are earned and lost, and the tier thresholds.
+/// `[trust]`: how scores are earned and lost, and the tier thresholds. A score
+/// is what an identity has paid (one point per `sats_per_point` sats).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrustConfig {
@@ -344,12 +431,16 @@ pub struct TrustConfig {
     pub trusted: u64,
     /// Score to be `elite`.
     pub elite: u64,
-    /// Points per paid interaction.
-    pub points_per_paid: u64,
-    /// One more point per this many sats paid in an interaction.
+    /// Distinct UTC days with a payment to be `established`.
+    pub established_days: u64,
+    /// Distinct UTC days with a payment to be `trusted`.
+    pub trusted_days: u64,
+    /// Distinct UTC days with a payment to be `elite`.
+    pub elite_days: u64,
+    /// One point per this many sats paid.
     pub sats_per_point: u64,
-    /// At most this many points per interaction.
-    pub max_points_per_interaction: u64,
+    /// Each tier must cost at least this many days of its daily allowance (checked at start).
+    pub min_tier_cost_days: u64,
     /// Points lost per rejected or failed job.
     pub failure_penalty: u64,
     /// Points a voucher loses when its vouchee fails.
@@ -367,9 +458,11 @@ impl Default for TrustConfig {
             established: r.established,
             trusted: r.trusted,
             elite: r.elite,
-            points_per_paid: r.points_per_paid,
+            established_days: r.established_days,
+            trusted_days: r.trusted_days,
+            elite_days: r.elite_days,
             sats_per_point: r.sats_per_point,
-            max_points_per_interaction: r.max_points_per_interaction,
+            min_tier_cost_days: 30,
             failure_penalty: r.failure_penalty,
             vouch_penalty: r.vouch_penalty,
             decay_after_days: r.decay_after_days,
@@ -385,9 +478,10 @@ impl TrustConfig {
             established: self.established,
             trusted: self.trusted,
             elite: self.elite,
-            points_per_paid: self.points_per_paid,
+            established_days: self.established_days,
+            trusted_days: self.trusted_days,
+            elite_days: self.elite_days,
             sats_per_point: self.sats_per_point,
-            max_points_per_interaction: self.max_points_per_interaction,
             failure_penalty: self.failure_penalty,
             vouch_penalty: self.vouch_penalty,
             decay_after_days: self.decay_after_days,
@@ -551,9 +645,40 @@ pub struct ModelConfig {
     /// Seconds to wait for the upstream's first byte.
     #[serde(default = "default_timeout")]
     pub timeout_secs: u64,
-    /// Seconds allowed between stream chunks.
+    /// Seconds allowed between stream chunks that carry output (keep-alives do not count).
     #[serde(default = "default_idle")]
     pub idle_timeout_secs: u64,
+    /// The most seconds one request may take, streamed or not; a stream is cut
+    /// there and charged for what was generated. A hold ends by then (plus a grace).
+    #[serde(default = "default_max_duration")]
+    pub max_duration_secs: u64,
+    /// The one output-limit field the upstream reads, set to what the hold pays
+    /// for (every other limit field is removed): `max_tokens` (llama.cpp,
+    /// vLLM, Ollama, most servers) or `max_completion_tokens` (OpenAI's
+    /// reasoning models).
+    #[serde(default)]
+    pub output_limit_field: OutputLimitField,
+}
+
+/// The output-limit field an OpenAI-compatible upstream reads.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputLimitField {
+    /// `max_tokens`.
+    #[default]
+    MaxTokens,
+    /// `max_completion_tokens`.
+    MaxCompletionTokens,
+}
+
+impl OutputLimitField {
+    /// The field's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutputLimitField::MaxTokens => "max_tokens",
+            OutputLimitField::MaxCompletionTokens => "max_completion_tokens",
+        }
+    }
 }
 
 fn default_max_tokens() -> u64 {
@@ -567,6 +692,9 @@ fn default_timeout() -> u64 {
 }
 fn default_idle() -> u64 {
     30
+}
+fn default_max_duration() -> u64 {
+    600
 }
 
 impl ModelConfig {
@@ -592,6 +720,8 @@ impl ModelConfig {
             tokenizer: TokenizerKind::Cl100k,
             timeout_secs: 300,
             idle_timeout_secs: 60,
+            max_duration_secs: 600,
+            output_limit_field: OutputLimitField::MaxTokens,
         }
     }
 }

@@ -170,9 +170,39 @@ impl IntoResponse for ApiError {
 }
 
 impl From<sluice_store::StoreError> for ApiError {
+    /// A database that refuses work is a 503 the client may retry (nothing
+    /// was charged that could not be recorded); anything else is internal.
     fn from(e: sluice_store::StoreError) -> Self {
-        ApiError::internal(&e)
+        match e {
+            sluice_store::StoreError::Database(_) | sluice_store::StoreError::Released { .. } => {
+                tracing::error!(error = %e, "the database failed");
+                let mut err = ApiError::unavailable(
+                    "store_unavailable",
+                    "the gateway cannot record this right now; nothing was charged; try again shortly",
+                );
+                err.kind = "server_error";
+                err
+            }
+            other => ApiError::internal(&other),
+        }
     }
+}
+
+/// A path segment that could not be read (e.g. `%ff`, not UTF-8), in the API's error shape.
+pub fn path_error(r: axum::extract::rejection::PathRejection) -> ApiError {
+    ApiError::bad_request("invalid_path", format!("invalid path: {}", r.body_text()))
+}
+
+/// Whether a body could not be read because it stalled past the body timeout.
+fn body_timed_out(e: &axum::extract::rejection::BytesRejection) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 impl From<axum::extract::rejection::JsonRejection> for ApiError {
@@ -186,6 +216,12 @@ impl From<axum::extract::rejection::JsonRejection> for ApiError {
             J::MissingJsonContentType(_) => ApiError::bad_request(
                 "invalid_content_type",
                 "expected Content-Type: application/json",
+            ),
+            J::BytesRejection(e) if body_timed_out(&e) => ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request_error",
+                "body_timeout",
+                "the request body did not arrive in time",
             ),
             J::BytesRejection(_) => ApiError::too_large("request body too large or unreadable"),
             other => ApiError::bad_request("invalid_request", other.body_text()),

@@ -1,7 +1,13 @@
 //! Learned output-token estimates: one [`OutputEstimator`] per model and
 //! request class, starting from the model's configured default, updated by
-//! every settled request and saved in the store (last writer wins: several
+//! settled requests and saved in the store (last writer wins: several
 //! gateways on one database each learn and share their latest state).
+//!
+//! What is learned cannot be steered by one payer: an answer cut by its output
+//! limit is a censored observation (its natural length is at least what it
+//! produced: [`OutputEstimator::observe_at_least`]), and each payer (session,
+//! L402 token, identity) contributes at most `per_payer_per_hour` observations
+//! to one model and class per hour.
 //!
 //! Also the P90 calibration: the share of requests whose actual cost was at
 //! most the P90 estimate made before they ran, exported at `/metrics`.
@@ -36,6 +42,10 @@ pub struct Observed {
     pub actual: Msat,
     /// The P90 cost estimated before the request ran.
     pub p90_estimate: Msat,
+    /// The answer was cut by its output limit (so it would have been longer).
+    pub censored: bool,
+    /// Who paid (a session, an L402 token, an identity), to bound what one payer teaches.
+    pub payer: String,
 }
 
 /// Estimators by (model, class), and calibration by model.
@@ -43,7 +53,16 @@ pub struct Observed {
 pub struct Estimators {
     map: Mutex<HashMap<(String, RequestClass), OutputEstimator>>,
     calibration: Mutex<HashMap<String, Calibration>>,
+    per_payer_per_hour: u32,
+    /// Observations taken this hour, per payer, model and class.
+    learned: Mutex<HashMap<PayerClass, (i64, u32)>>,
 }
+
+/// (payer, model, class).
+type PayerClass = (String, String, RequestClass);
+
+/// Entries kept in the per-payer count before old hours are swept.
+const MAX_TRACKED_PAYERS: usize = 100_000;
 
 fn fresh(default_max_output: u64) -> Option<OutputEstimator> {
     OutputEstimator::new(
@@ -54,6 +73,40 @@ fn fresh(default_max_output: u64) -> Option<OutputEstimator> {
 }
 
 impl Estimators {
+    /// Estimators taking at most `per_payer_per_hour` observations from one
+    /// payer for one model and class per hour (0: no bound).
+    pub fn new(per_payer_per_hour: u32) -> Estimators {
+        Estimators {
+            per_payer_per_hour,
+            ..Estimators::default()
+        }
+    }
+
+    /// Count one observation from `payer`; false when it is over its hourly share.
+    fn within_share(&self, o: &Observed) -> bool {
+        if self.per_payer_per_hour == 0 {
+            return true;
+        }
+        let hour = now_ms() / 3_600_000;
+        let Ok(mut learned) = self.learned.lock() else {
+            return false;
+        };
+        if learned.len() > MAX_TRACKED_PAYERS {
+            learned.retain(|_, (h, _)| *h == hour);
+        }
+        let e = learned
+            .entry((o.payer.clone(), o.model.clone(), o.class))
+            .or_insert((hour, 0));
+        if e.0 != hour {
+            *e = (hour, 0);
+        }
+        if e.1 >= self.per_payer_per_hour {
+            return false;
+        }
+        e.1 += 1;
+        true
+    }
+
     /// The estimator for `model` and `class`: cached, else saved, else from the default.
     pub async fn get(
         &self,
@@ -89,13 +142,20 @@ impl Estimators {
                 .or_default()
                 .record(o.actual, o.p90_estimate);
         }
+        if !self.within_share(&o) {
+            return;
+        }
         let Some(mut e) = self
             .get(store, &o.model, o.class, o.default_max_output)
             .await
         else {
             return;
         };
-        e.observe(o.output_tokens);
+        if o.censored {
+            e.observe_at_least(o.output_tokens);
+        } else {
+            e.observe(o.output_tokens);
+        }
         let state = e.to_state().encode();
         if let Ok(mut m) = self.map.lock() {
             m.insert((o.model.clone(), o.class), e);

@@ -20,19 +20,20 @@ use std::net::SocketAddr;
 
 use axum::{
     Json,
-    extract::{ConnectInfo, Query, State},
+    extract::{ConnectInfo, State},
     response::{IntoResponse, Response},
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sluice_core::{
-    Allowances, Decision, Msat, Tier, TokenUsage, charge_for, day_of, decide_for, effective_tier,
-    remaining_allowance,
+    Allowances, Decision, Msat, Tier, TokenUsage, charge_for_settlement, day_of, decide_for,
+    effective_tier, remaining_allowance,
 };
 use sluice_store::{Accounting, GrantAsk, GrantKind, IdentityRow};
 
 use crate::{
     error::ApiError,
+    extract::ApiQuery,
     identity::Identity,
     request::ChatBody,
     state::{AppState, new_id, now_ms},
@@ -74,13 +75,15 @@ pub async fn standing(state: &AppState, pubkey: &str, now: i64) -> Result<Standi
     let rules = state.free.accounting.trust;
     let row = state.store.touch_identity(pubkey, &rules, now).await?;
     let score = rules.decayed(row.score, row.last_seen_ms, now);
-    let own_tier = rules.tier_of(score);
+    let own_tier = rules.tier_of(score, row.paid_days);
     let vouchers: Vec<String> = state
         .store
         .vouchers_of(pubkey)
         .await?
         .into_iter()
-        .filter(|v| rules.tier_of(rules.decayed(v.score, v.last_seen_ms, now)) == Tier::Elite)
+        .filter(|v| {
+            rules.tier_of(rules.decayed(v.score, v.last_seen_ms, now), v.paid_days) == Tier::Elite
+        })
         .map(|v| v.pubkey)
         .collect();
     let tier = effective_tier(own_tier, !vouchers.is_empty());
@@ -314,6 +317,12 @@ pub async fn pool(State(state): State<AppState>) -> Result<Json<Value>, ApiError
             "trusted": r.trusted,
             "elite": r.elite,
         },
+        "tier_paid_days": {
+            "established": r.established_days,
+            "trusted": r.trusted_days,
+            "elite": r.elite_days,
+        },
+        "sats_per_point": r.sats_per_point,
         "real_money": state.lightning.is_real_money(),
     })))
 }
@@ -330,7 +339,7 @@ pub struct DemoQuery {
 pub async fn demo(
     State(state): State<AppState>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    Query(q): Query<DemoQuery>,
+    ApiQuery(q): ApiQuery<DemoQuery>,
 ) -> Result<Response, ApiError> {
     crate::jobs::check_request(
         &state,
@@ -370,7 +379,7 @@ pub async fn demo(
     let completion = model
         .upstream
         .complete(ChatCall {
-            body: body.upstream_body(&model.upstream_model, priced.max_out),
+            body: body.upstream_body(&model.upstream_model, model.limit_field, priced.max_out),
             messages: body.messages.clone(),
             max_tokens: priced.max_out,
         })
@@ -378,12 +387,13 @@ pub async fn demo(
         .map_err(|e| crate::chat::upstream_error(&e))?;
     let usage = completion.usage.unwrap_or_else(|| TokenUsage {
         input: priced.input,
-        output: model
-            .upstream
-            .count_completion(&completion.text)
-            .unwrap_or_else(|| crate::tokens::count_text(model.tokenizer, &completion.text)),
+        output: crate::tokens::count_output(
+            &*model.upstream,
+            model.tokenizer,
+            &completion.generated,
+        ),
     });
-    let actual = charge_for(&model.rates, usage, priced.btc).map_err(|e| ApiError::internal(&e))?;
+    let actual = charge_for_settlement(&model.rates, usage, priced.btc);
     let id = new_id("demo");
     let ask = GrantAsk {
         kind: GrantKind::Demo,

@@ -322,6 +322,7 @@ pub async fn me(
         "tier": s.tier.as_str(),
         "own_tier": s.own_tier.as_str(),
         "trust_score": s.score,
+        "paid_days": s.row.paid_days,
         "vouched_by": s.vouchers,
         "vouches_for": vouchees,
         "interactions": {

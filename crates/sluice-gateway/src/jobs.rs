@@ -6,15 +6,24 @@
 //!
 //! Every transition is conditional in the store, so a state advances once
 //! even under concurrent polls or several gateway processes. The process
-//! whose credit of a payment succeeded runs the next phase. At start, a job
-//! left `evaluating` is evaluated again (idempotent), one left `executing` is
-//! failed and its work payment refunded (`sluice_core::job::on_restart`).
+//! whose credit of a payment succeeded runs the next phase, and owns the job
+//! while it runs (`job_attempt` records its instance). A job is taken over
+//! only when its owner has stopped sending heartbeats — at start and on every
+//! heartbeat: one left `evaluating` is evaluated again (idempotent), one left
+//! `executing` is failed and its work payment refunded
+//! (`sluice_core::job::on_restart`). Work that merely runs long is never
+//! failed by another process.
+//!
+//! The work is limited to the output its payment covers (the work invoice,
+//! plus what the free tier absorbs), at the price locked at invoice time.
+//! Job ids are capabilities (they claim a job's refund): logs show
+//! [`log_ref`]s instead.
 
 use std::time::Duration;
 
 use axum::{
     Extension, Json,
-    extract::{Path, Query, State, rejection::JsonRejection},
+    extract::{State, rejection::JsonRejection},
     http::StatusCode,
     response::{IntoResponse, Response},
 };
@@ -22,15 +31,16 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sluice_core::{
     BtcUsd, JobError, JobState, Msat, RefundEvent, RestartAction, TokenUsage, UsdMicros,
-    charge_for, job::validate_request, on_restart, output_budget,
+    charge_for_settlement, covered_output, job::validate_request, on_restart, output_budget,
 };
 use sluice_store::{Evaluation, GrantKind, JobInvoice, JobRow, NewJob, StoreError, WorkOutcome};
 
 use crate::{
     error::ApiError,
+    extract::{ApiPath, ApiQuery},
     request::ChatBody,
     sessions::lightning_error,
-    state::{AppState, new_id, now_ms},
+    state::{AppState, log_ref, new_id, now_ms},
     upstream::{ChatCall, Completion},
 };
 
@@ -128,7 +138,7 @@ pub async fn create(
             pubkey: crate::identity::pubkey_of(&identity),
         })
         .await?;
-    tracing::info!(job_id = %id, "job created");
+    tracing::info!(job = %log_ref(&id), "job created");
     let mut body = json!({
         "job_id": id,
         "state": JobState::AwaitingEvalPayment.as_str(),
@@ -165,8 +175,8 @@ pub struct WaitQuery {
 /// `GET /v1/jobs/{id}`
 pub async fn get(
     State(state): State<AppState>,
-    Path(id): Path<String>,
-    Query(q): Query<WaitQuery>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<WaitQuery>,
 ) -> Result<Json<Value>, ApiError> {
     jobs(&state)?;
     let mut job = state
@@ -234,14 +244,13 @@ async fn job_json(state: &AppState, job: &JobRow) -> Result<Value, ApiError> {
     if let Some(rid) = &job.refund_id
         && let Some(r) = state.store.refund(rid).await?
     {
-        v["refund"] = json!({
-            "state": r.refund.state.as_str(),
-            "amount_msat": r.refund.amount.msat(),
-            "payout_sats": r.refund.payout_sats(),
-            "expires_at": r.refund.expires_at_ms / 1000,
-            "payment_hash": r.refund.payment_hash,
-            "claim": format!("POST /v1/jobs/{}/refund {{\"invoice\": \"<bolt11 for exactly {} sats>\"}}", job.id, r.refund.payout_sats()),
-        });
+        let mut refund = crate::refunds::refund_json(&r, state);
+        refund["claim"] = json!(crate::refunds::claim_hint(
+            state,
+            &format!("/v1/jobs/{}/refund", job.id),
+            &r
+        ));
+        v["refund"] = refund;
     }
     Ok(v)
 }
@@ -251,11 +260,11 @@ async fn job_json(state: &AppState, job: &JobRow) -> Result<Value, ApiError> {
 pub async fn invoice_paid(state: &AppState, payment_hash: &str, preimage_hex: &str) -> bool {
     match state
         .store
-        .job_invoice_paid(payment_hash, preimage_hex, now_ms())
+        .job_invoice_paid(payment_hash, preimage_hex, &state.instance_id, now_ms())
         .await
     {
         Ok(Some(job)) => {
-            tracing::info!(job_id = %job.id, state = job.state.as_str(), "job invoice paid");
+            tracing::info!(job = %log_ref(&job.id), state = job.state.as_str(), "job invoice paid");
             spawn_phase(state, job.id.clone(), job.state);
             true
         }
@@ -300,7 +309,7 @@ fn refund_expiry(state: &AppState) -> i64 {
 }
 
 fn dust(state: &AppState) -> Msat {
-    Msat::from_msat(state.jobs.dust_msat)
+    crate::refunds::dust_threshold(state)
 }
 
 async fn call(
@@ -324,7 +333,7 @@ async fn call(
                 .collect(),
         ),
     );
-    body.insert("max_tokens".into(), max_tokens.into());
+    body.insert(m.limit_field.as_str().into(), max_tokens.into());
     m.upstream
         .complete(ChatCall {
             body,
@@ -343,8 +352,12 @@ pub async fn evaluate(state: &AppState, id: &str) {
     if job.state != JobState::Evaluating {
         return;
     }
-    if let Err(e) = state.store.job_attempt(id, now_ms()).await {
-        tracing::error!(job_id = %id, error = %e, "could not count an attempt");
+    if let Err(e) = state
+        .store
+        .job_attempt(id, &state.instance_id, now_ms())
+        .await
+    {
+        tracing::error!(job = %log_ref(id), error = %e, "could not count an attempt");
     }
     let messages = vec![
         ("system".to_owned(), EVAL_PROMPT.to_owned()),
@@ -378,12 +391,12 @@ pub async fn evaluate(state: &AppState, id: &str) {
         .await
     {
         Ok(j) => {
-            tracing::info!(job_id = %id, state = j.state.as_str(), "job evaluated");
+            tracing::info!(job = %log_ref(id), state = j.state.as_str(), "job evaluated");
             // A free job has no work invoice: its work starts now.
             spawn_phase(state, j.id.clone(), j.state);
         }
         Err(StoreError::Conflict(_)) => {} // another process recorded it first
-        Err(e) => tracing::error!(job_id = %id, error = %e, "could not record an evaluation"),
+        Err(e) => tracing::error!(job = %log_ref(id), error = %e, "could not record an evaluation"),
     }
 }
 
@@ -446,8 +459,12 @@ pub async fn execute(state: &AppState, id: &str) {
     if job.state != JobState::Executing {
         return;
     }
-    if let Err(e) = state.store.job_attempt(id, now_ms()).await {
-        tracing::error!(job_id = %id, error = %e, "could not count an attempt");
+    if let Err(e) = state
+        .store
+        .job_attempt(id, &state.instance_id, now_ms())
+        .await
+    {
+        tracing::error!(job = %log_ref(id), error = %e, "could not count an attempt");
     }
     let outcome = run_work(state, &job)
         .await
@@ -464,9 +481,11 @@ pub async fn execute(state: &AppState, id: &str) {
         )
         .await
     {
-        Ok(j) => tracing::info!(job_id = %id, state = j.state.as_str(), "job finished"),
+        Ok(j) => tracing::info!(job = %log_ref(id), state = j.state.as_str(), "job finished"),
         Err(StoreError::Conflict(_)) => {}
-        Err(e) => tracing::error!(job_id = %id, error = %e, "could not record a finished job"),
+        Err(e) => {
+            tracing::error!(job = %log_ref(id), error = %e, "could not record a finished job")
+        }
     }
 }
 
@@ -482,17 +501,26 @@ async fn run_work(state: &AppState, job: &JobRow) -> Result<WorkOutcome, String>
     let messages = vec![("user".to_owned(), job.request.clone())];
     let input = job.est_input_tokens.unwrap_or(0);
     let max_out = output_budget(None, m.budget, input).map_err(|e| e.to_string())?;
-    let c = call(state, &job.work_model, messages, max_out)
+    // No more output than the payment covers: the work invoice plus what the
+    // free tier absorbs, at the price locked when the invoice was made.
+    let paid = job
+        .work_invoice
+        .as_ref()
+        .map_or(Msat::ZERO, |w| w.amount)
+        .checked_add(job.absorb_cap.unwrap_or(Msat::ZERO))
+        .map_err(|e| e.to_string())?;
+    let limit = covered_output(&m.rates, btc, input, paid, max_out).map_err(|e| e.to_string())?;
+    if limit == 0 {
+        return Err("the work payment does not cover the request's input".to_owned());
+    }
+    let c = call(state, &job.work_model, messages, limit)
         .await
         .map_err(|e| format!("the work failed: {e}"))?;
     let usage = c.usage.unwrap_or_else(|| TokenUsage {
         input,
-        output: m
-            .upstream
-            .count_completion(&c.text)
-            .unwrap_or_else(|| crate::tokens::count_text(m.tokenizer, &c.text)),
+        output: crate::tokens::count_output(&*m.upstream, m.tokenizer, &c.generated),
     });
-    let actual_charge = charge_for(&m.rates, usage, btc).map_err(|e| e.to_string())?;
+    let actual_charge = charge_for_settlement(&m.rates, usage, btc);
     Ok(WorkOutcome::Completed {
         result: c.text,
         usage,
@@ -500,34 +528,77 @@ async fn run_work(state: &AppState, job: &JobRow) -> Result<WorkOutcome, String>
     })
 }
 
-/// Look up the unpaid job invoices (the fallback when a settlement push is missed).
+/// Look up the unpaid job invoices (the fallback when a settlement push is
+/// missed), expired or not, until the backend says each is settled or
+/// definitely unpaid: a payment made while the gateway was down and seen
+/// after the invoice's expiry is still credited.
 pub async fn poll_pending(state: &AppState) {
-    let Ok(pending) = state.store.pending_job_invoices(now_ms(), 500).await else {
+    let Ok(pending) = state.store.pending_job_invoices(500).await else {
         return;
     };
     for p in pending {
         let Ok(hash) = sluice_lightning::PaymentHash::from_hex(&p.payment_hash) else {
             continue;
         };
-        if let Ok(sluice_lightning::InvoiceStatus::Settled { preimage, .. }) =
-            state.lightning.lookup_invoice(&hash).await
-        {
-            invoice_paid(state, &p.payment_hash, &preimage.to_hex()).await;
+        match state.lightning.lookup_invoice(&hash).await {
+            Ok(sluice_lightning::InvoiceStatus::Settled { preimage, .. }) => {
+                invoice_paid(state, &p.payment_hash, &preimage.to_hex()).await;
+            }
+            Ok(sluice_lightning::InvoiceStatus::Expired)
+                if crate::background::past_expiry_grace(p.expires_at_ms) =>
+            {
+                if let Err(e) = state
+                    .store
+                    .job_invoice_dead(&p.payment_hash, now_ms())
+                    .await
+                {
+                    tracing::warn!(job = %log_ref(&p.job_id), error = %e, "could not mark a job invoice expired");
+                }
+            }
+            Ok(
+                sluice_lightning::InvoiceStatus::Expired | sluice_lightning::InvoiceStatus::Pending,
+            ) => {}
+            Err(e) => {
+                tracing::warn!(job = %log_ref(&p.job_id), error = %e, "job invoice lookup failed")
+            }
         }
     }
 }
 
-/// At start: resume evaluations, fail (and refund) interrupted work.
+/// At start: take over the jobs of stopped gateways (see [`reconcile`]).
 pub async fn resume_at_start(state: &AppState) {
-    let Ok(open) = state
-        .store
-        .jobs_in_states(&[JobState::Evaluating, JobState::Executing])
-        .await
-    else {
+    reconcile(state).await;
+}
+
+/// Take over jobs whose gateway process stopped (no heartbeat for the
+/// staleness window, or never owned): resume evaluations, fail (and refund)
+/// interrupted work. A job whose owner is alive is left alone however long
+/// its work runs. Each job is adopted by one process (a conditional update).
+pub async fn reconcile(state: &AppState) {
+    if state.job_models.is_none() {
         return;
+    }
+    let now = now_ms();
+    let orphans = match state.store.orphaned_jobs(state.stale_before(now)).await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not list jobs of stopped gateways");
+            return;
+        }
     };
-    let quiet_since = now_ms() - i64::try_from(state.stale_after.as_millis()).unwrap_or(i64::MAX);
-    for job in open.into_iter().filter(|j| j.updated_at_ms < quiet_since) {
+    for job in orphans {
+        match state
+            .store
+            .adopt_job(&job.id, job.instance_id.as_deref(), &state.instance_id, now)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => continue, // another process took it
+            Err(e) => {
+                tracing::warn!(job = %log_ref(&job.id), error = %e, "could not take a job over");
+                continue;
+            }
+        }
         match on_restart(job.state) {
             RestartAction::Resume => spawn_phase(state, job.id.clone(), job.state),
             RestartAction::FailAndRefund => {
@@ -547,11 +618,11 @@ pub async fn resume_at_start(state: &AppState) {
                     .await
                 {
                     Ok(_) => {
-                        tracing::warn!(job_id = %job.id, "interrupted job failed and refunded")
+                        tracing::warn!(job = %log_ref(&job.id), "interrupted job failed and refunded")
                     }
                     Err(StoreError::Conflict(_)) => {}
                     Err(e) => {
-                        tracing::error!(job_id = %job.id, error = %e, "could not fail an interrupted job")
+                        tracing::error!(job = %log_ref(&job.id), error = %e, "could not fail an interrupted job")
                     }
                 }
             }
@@ -560,22 +631,41 @@ pub async fn resume_at_start(state: &AppState) {
     }
 }
 
-/// Move unclaimed refunds past their expiry to the generosity pool.
+/// Move unclaimed refunds past their expiry to the generosity pool. One whose
+/// last payout the backend reported failed is looked up first: if that
+/// payment arrived after all, it is the refund's payout, not the pool's.
 pub async fn expire_refunds(state: &AppState) {
     let now = now_ms();
     let Ok(expired) = state.store.expired_refunds(now).await else {
         return;
     };
     for r in expired {
-        match state
-            .store
-            .refund_event(&r.id, RefundEvent::Expire { now_ms: now })
-            .await
+        let mut event = RefundEvent::Expire { now_ms: now };
+        if let Some(failed) = r.refund.failed_hash.clone()
+            && let Ok(h) = sluice_lightning::PaymentHash::from_hex(&failed)
         {
-            Ok(_) => {
-                tracing::info!(refund_id = %r.id, "unclaimed refund went to the generosity pool")
+            match state.lightning.lookup_payment(&h).await {
+                Ok(sluice_lightning::PaymentStatus::Succeeded { preimage, fee }) => {
+                    event = RefundEvent::PayoutSucceeded {
+                        payment_hash: failed,
+                        preimage: preimage.to_hex(),
+                        fee,
+                    };
+                }
+                Ok(
+                    sluice_lightning::PaymentStatus::Failed
+                    | sluice_lightning::PaymentStatus::NotFound,
+                ) => {}
+                Ok(sluice_lightning::PaymentStatus::Pending) | Err(_) => continue,
             }
-            Err(e) => tracing::warn!(refund_id = %r.id, error = %e, "could not expire a refund"),
+        }
+        match state.store.refund_event(&r.id, event).await {
+            Ok(row) => {
+                tracing::info!(refund = %log_ref(&r.id), state = row.refund.state.as_str(), "unclaimed refund settled at its expiry")
+            }
+            Err(e) => {
+                tracing::warn!(refund = %log_ref(&r.id), error = %e, "could not expire a refund")
+            }
         }
     }
 }
@@ -583,7 +673,7 @@ pub async fn expire_refunds(state: &AppState) {
 /// `POST /v1/jobs/{id}/refund`: pay the job's refund to the caller's invoice, once.
 pub async fn claim_refund(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     body: Result<Json<crate::refunds::ClaimBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     jobs(&state)?;
@@ -596,5 +686,11 @@ pub async fn claim_refund(
     let rid = job
         .refund_id
         .ok_or_else(|| ApiError::bad_request("nothing_to_refund", "this job owes no refund"))?;
+    if b.refund_id.as_deref().is_some_and(|w| w != rid) {
+        return Err(ApiError::not_found(
+            "refund_not_found",
+            "this job owes no refund with that id",
+        ));
+    }
     crate::refunds::claim(&state, &rid, &b.invoice).await
 }

@@ -58,13 +58,37 @@ fn unix(now_ms: i64) -> u64 {
 
 /// Issue a 402 challenge for `amount`: a new token (bound to `pubkey`, the
 /// identity presented, if any), or a top-up of `token`.
+///
+/// Every challenge writes an invoice (and a root key) for a caller who has
+/// not paid, so it is limited per client IP (`server.public_rate_per_minute`)
+/// whatever credential came with the request: a request without one is
+/// counted by the route's limiter, and an exhausted token asking for a
+/// top-up is counted here.
+///
+/// A top-up asked for through a **restricted** credential (a spend cap or a
+/// model list: a delegate's) mints no new macaroon: a fresh one would carry
+/// none of the delegate's caveats and so hand it the whole balance. Its
+/// invoice still tops up the token, and the delegate retries with the
+/// credential it has. A top-up macaroon never outlives the credential that
+/// asked for it (an expiry caveat narrows it too).
 pub async fn challenge(
     state: &AppState,
+    ip: Option<std::net::IpAddr>,
     amount: Msat,
     token: Option<[u8; 32]>,
     pubkey: Option<String>,
     why: &str,
+    presented: Option<&Payer>,
 ) -> Result<Response, ApiError> {
+    let restricted = presented.is_some_and(|p| !p.is_unrestricted());
+    if token.is_some()
+        && let Err(wait) = state.limiter.check(ip)
+    {
+        return Ok(crate::ratelimit::too_many(
+            wait,
+            format!("too many payment challenges from this client; retry in {wait} s"),
+        ));
+    }
     let sats = amount.to_sats_ceil().max(1);
     let amount = Msat::from_sats(sats).map_err(|e| ApiError::internal(&e))?;
     let inv = state
@@ -98,6 +122,18 @@ pub async fn challenge(
                 .await?
         }
     }
+    if restricted {
+        tracing::info!(token = %session_id, amount_sats = sats, "L402 top-up invoice issued to a restricted credential");
+        let body = json!({
+            "error": {
+                "message": format!("{why}: pay the invoice to top the token up, then retry with the credential you have (a restricted credential gets no new macaroon)"),
+                "type": "insufficient_quota",
+                "code": "payment_required",
+            },
+            "l402": {"invoice": invoice_json(state, &inv)},
+        });
+        return Ok((StatusCode::PAYMENT_REQUIRED, Json(body)).into_response());
+    }
     let id = Identifier {
         payment_hash: inv.payment_hash.0,
         token_id,
@@ -106,7 +142,9 @@ pub async fn challenge(
         .store
         .secret(&root_key_name(&id), rand::random())
         .await?;
-    let valid_until = unix(now).saturating_add(state.l402.valid_secs);
+    let valid_until = unix(now)
+        .saturating_add(state.l402.valid_secs)
+        .min(presented.and_then(|p| p.valid_until).unwrap_or(u64::MAX));
     let mac = l402::mint(&root, &id, SERVICE, &[CAPABILITY_CHAT], valid_until).to_base64();
     tracing::info!(token = %session_id, amount_sats = sats, topup = token.is_some(), "L402 challenge issued");
     let body = json!({
@@ -185,5 +223,6 @@ pub async fn authenticate(state: &AppState, header: &str) -> Result<Payer, ApiEr
         models: claims.models,
         spend_caps: claims.spend_caps,
         l402_token: Some(id.token_id),
+        valid_until: claims.valid_until,
     })
 }

@@ -4,7 +4,7 @@
 
 use axum::{
     Json,
-    extract::{Path, State, rejection::JsonRejection},
+    extract::{State, rejection::JsonRejection},
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
 };
@@ -17,6 +17,7 @@ use sluice_store::{InvoicePurpose, NewInvoice, NewSession};
 use crate::{
     auth::authenticate_for,
     error::ApiError,
+    extract::{ApiPath, ClientIp},
     state::{AppState, new_id, now_ms},
 };
 
@@ -144,7 +145,7 @@ pub async fn create(
 /// `GET /v1/sessions/{id}`
 pub async fn get(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let now = now_ms();
@@ -169,14 +170,18 @@ pub async fn get(
         "spent_msat": s.spent.msat(),
         "minimum_balance_msat": state.policy.min_balance.msat(),
         "expires_at": s.expires_at_ms / 1000,
+        "refunds": crate::refunds::refunds_json(&state, &id).await?,
         "real_money": state.lightning.is_real_money(),
     })))
 }
 
-/// `POST /v1/sessions/{id}/topup`
+/// `POST /v1/sessions/{id}/topup`. A top-up writes an invoice for a caller
+/// who may never pay (an unfunded session's credential is free to get), so
+/// it is limited per client IP like session creation.
 pub async fn topup(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ClientIp(ip): ClientIp,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
     body: Result<Json<AmountBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
@@ -188,8 +193,20 @@ pub async fn topup(
         u64::try_from(now / 1000).unwrap_or(0),
     )?;
     let sats = parse_amount(body)?;
-    if state.store.session(&id).await?.is_none() {
+    let Some(session) = state.store.session(&id).await? else {
         return Err(ApiError::not_found("session_not_found", "no such session"));
+    };
+    if session.state == sluice_core::SessionState::Closed {
+        return Err(ApiError::conflict(
+            "session_closed",
+            "this session was closed and its balance refunded; open a new session",
+        ));
+    }
+    if let Err(wait) = state.limiter.check(ip) {
+        return Ok(crate::ratelimit::too_many(
+            wait,
+            format!("too many invoices from this client; retry in {wait} s"),
+        ));
     }
     let inv = new_invoice(&state, sats, &format!("sluice session {id} top-up")).await?;
     state

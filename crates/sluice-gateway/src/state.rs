@@ -27,7 +27,27 @@ pub struct ModelEntry {
     pub tokenizer: TokenizerKind,
     /// Where it is answered.
     pub upstream: Arc<dyn Upstream>,
+    /// The output-limit field its (OpenAI-compatible) upstream reads.
+    pub limit_field: crate::config::OutputLimitField,
+    /// Time allowed for the upstream's first byte.
+    pub timeout: Duration,
+    /// Time allowed between chunks that carry output.
+    pub idle: Duration,
+    /// The most one request may take, streamed or not.
+    pub max_duration: Duration,
 }
+
+impl ModelEntry {
+    /// How long a hold for this model may stay open: its longest request
+    /// plus a grace for settling (retries included). Any process releases a
+    /// hold still open past it.
+    pub fn hold_lifetime(&self) -> Duration {
+        self.max_duration + self.timeout + HOLD_GRACE
+    }
+}
+
+/// What a hold is given beyond its model's longest request, to be settled.
+pub const HOLD_GRACE: Duration = Duration::from_secs(60);
 
 /// Everything a handler needs.
 #[derive(Clone)]
@@ -90,9 +110,23 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Browser origins allowed by CORS (`*`: any; empty: none).
     pub cors_origins: Vec<String>,
+    /// Connection limits and timeouts.
+    pub limits: crate::server::Limits,
+    /// Time allowed for a request's body.
+    pub body_timeout: Duration,
+    /// The last `/healthz` answer.
+    pub health: Arc<crate::health::Health>,
+    /// Refund payouts' routing-fee budget.
+    pub refunds: crate::config::RefundsConfig,
 }
 
 impl AppState {
+    /// Before this instant (ms), a gateway process that has not sent a
+    /// heartbeat, or a payout that has not moved, counts as stopped at `now_ms`.
+    pub fn stale_before(&self, now_ms: i64) -> i64 {
+        now_ms.saturating_sub(i64::try_from(self.stale_after.as_millis()).unwrap_or(i64::MAX))
+    }
+
     /// The session rules for a balance: L402 tokens have no minimum balance
     /// (they are prepaid per request), sessions have the configured one.
     pub fn policy_for(&self, session_id: &str) -> SessionPolicy {
@@ -113,6 +147,19 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+/// How a capability (a job id, and the refund id derived from it) appears in
+/// logs: a short hash that ties log lines together without granting anything.
+/// Other ids (sessions, requests) are not capabilities and are logged as they are.
+pub fn log_ref(id: &str) -> String {
+    use sha2::Digest;
+    let capability = id.starts_with("job_") || id.starts_with("refund_job_");
+    if !capability {
+        return id.to_owned();
+    }
+    let digest = sha2::Sha256::digest(id.as_bytes());
+    format!("job#{}", hex::encode(&digest[..6]))
 }
 
 /// A random id with a prefix.

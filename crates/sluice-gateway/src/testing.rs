@@ -32,6 +32,23 @@ pub struct FakeBehaviour {
     pub stall_after: Option<usize>,
     /// Pause before answering at all.
     pub response_delay: Duration,
+    /// The only output-limit field the fake reads (an older server's); `None`:
+    /// `max_completion_tokens`, else `max_tokens`.
+    pub limit_field: Option<&'static str>,
+    /// Ignore every output limit (a server that does not honour them).
+    pub ignore_limits: bool,
+    /// Answer with tool-call arguments instead of content (the words become the arguments).
+    pub tool_calls: bool,
+    /// After this many streamed words, send only empty `data:` events (keep-alives)
+    /// every 200 ms, forever.
+    pub keepalive_after: Option<usize>,
+    /// Close the stream after this many streamed words, with no finish
+    /// reason and no `[DONE]` (an upstream that died mid-answer).
+    pub close_after: Option<usize>,
+    /// Answer this many more choices than asked for (a server that ignores `n`).
+    pub extra_choices: usize,
+    /// Bytes of padding (a long `system_fingerprint`) in every streamed chunk.
+    pub chunk_padding: usize,
 }
 
 impl Default for FakeBehaviour {
@@ -43,6 +60,13 @@ impl Default for FakeBehaviour {
             chunk_delay: Duration::ZERO,
             stall_after: None,
             response_delay: Duration::ZERO,
+            limit_field: None,
+            ignore_limits: false,
+            tool_calls: false,
+            keepalive_after: None,
+            close_after: None,
+            extra_choices: 0,
+            chunk_padding: 0,
         }
     }
 }
@@ -109,11 +133,14 @@ async fn chat(State(f): State<Fake>, Json(body): Json<Value>) -> Response {
         *r.status_mut() = status;
         return r;
     }
-    let max = body
-        .get("max_completion_tokens")
-        .or_else(|| body.get("max_tokens"))
-        .and_then(Value::as_u64)
-        .unwrap_or(u64::MAX);
+    let limit = match f.b.limit_field {
+        _ if f.b.ignore_limits => None,
+        Some(field) => body.get(field),
+        None => body
+            .get("max_completion_tokens")
+            .or_else(|| body.get("max_tokens")),
+    };
+    let max = limit.and_then(Value::as_u64).unwrap_or(u64::MAX);
     let words: Vec<String> =
         f.b.reply
             .split_whitespace()
@@ -147,6 +174,8 @@ async fn chat(State(f): State<Fake>, Json(body): Json<Value>) -> Response {
             stall,
             counter,
             n,
+            (f.b.tool_calls, f.b.keepalive_after),
+            (f.b.close_after, f.b.extra_choices, f.b.chunk_padding),
         );
         let mut r = Response::new(Body::from_stream(s));
         r.headers_mut().insert(
@@ -155,9 +184,18 @@ async fn chat(State(f): State<Fake>, Json(body): Json<Value>) -> Response {
         );
         return r;
     }
+    let message = if f.b.tool_calls {
+        json!({"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+               "function": {"name": "answer", "arguments": words.join(" ")}}]})
+    } else {
+        json!({"role": "assistant", "content": words.join(" ")})
+    };
+    let choices: Vec<Value> = (0..=f.b.extra_choices)
+        .map(|i| json!({"index": i, "message": message, "finish_reason": finish}))
+        .collect();
     let mut resp = json!({
         "id": "chatcmpl-fake", "object": "chat.completion", "created": 1, "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": words.join(" ")}, "finish_reason": finish}],
+        "choices": choices,
     });
     if f.b.report_usage {
         resp["usage"] = usage;
@@ -176,20 +214,34 @@ fn async_stream(
     stall: Option<usize>,
     counter: Arc<AtomicU64>,
     n: usize,
+    (tool_calls, keepalive_after): (bool, Option<usize>),
+    (close_after, extra_choices, padding): (Option<usize>, usize, usize),
 ) -> impl futures::Stream<Item = Result<Bytes, std::convert::Infallible>> {
+    let fingerprint = "f".repeat(padding);
     let chunk = move |delta: Value, fin: Value| {
+        let choices: Vec<Value> = (0..=extra_choices)
+            .map(|i| json!({"index": i, "delta": delta, "finish_reason": fin}))
+            .collect();
         Bytes::from(format!(
             "data: {}\n\n",
-            json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": fin}]})
+            json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model, "system_fingerprint": fingerprint, "choices": choices})
         ))
     };
     futures::stream::unfold(0usize, move |i| {
         let (words, chunk, usage, counter) = (words.clone(), chunk.clone(), usage.clone(), counter.clone());
         async move {
+            if close_after.is_some_and(|c| i >= c) {
+                return None;
+            }
             if stall.is_some_and(|s| i >= s) {
                 // Hang without closing, like a wedged upstream.
                 tokio::time::sleep(Duration::from_secs(3600)).await;
                 return None;
+            }
+            if keepalive_after.is_some_and(|k| i >= k) {
+                // Alive but producing nothing: an empty event every 200 ms.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                return Some((Bytes::from_static(b"data: \n\n"), i));
             }
             if i < n {
                 if !delay.is_zero() {
@@ -197,7 +249,12 @@ fn async_stream(
                 }
                 counter.fetch_add(1, Ordering::SeqCst);
                 let text = if i == 0 { words[i].clone() } else { format!(" {}", words[i]) };
-                return Some((chunk(json!({"role": "assistant", "content": text}), Value::Null), i + 1));
+                let delta = if tool_calls {
+                    json!({"role": "assistant", "tool_calls": [{"index": 0, "function": {"arguments": text}}]})
+                } else {
+                    json!({"role": "assistant", "content": text})
+                };
+                return Some((chunk(delta, Value::Null), i + 1));
             }
             if i == n {
                 return Some((chunk(json!({}), json!(finish)), i + 1));

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use sluice_core::{BtcUsd, ModelRates, Msat, OutputBudget, SessionPolicy};
 use sluice_lightning::{
     Lightning, LightningError, PaymentHash, Preimage,
-    dev::{DevInvoiceRecord, DevWallet, DevWalletStore},
+    dev::{DevInvoiceRecord, DevSide, DevWallet, DevWalletStore},
     lnbits::LnBits,
 };
 use sluice_store::{DevInvoiceRow, Store};
@@ -57,6 +57,7 @@ impl DevWalletStore for StoreDevWallet {
     async fn insert(&self, i: &DevInvoiceRecord) -> Result<(), LightningError> {
         self.0
             .dev_invoice_insert(&DevInvoiceRow {
+                issuer: i.issuer.as_str().to_owned(),
                 payment_hash: i.payment_hash.to_hex(),
                 preimage: i.preimage.to_hex(),
                 bolt11: i.bolt11.clone(),
@@ -78,6 +79,9 @@ impl DevWalletStore for StoreDevWallet {
             return Ok(None);
         };
         Ok(Some(DevInvoiceRecord {
+            issuer: DevSide::parse(&r.issuer).ok_or_else(|| {
+                LightningError::Backend("a dev invoice has an unknown issuer".into())
+            })?,
             payment_hash: PaymentHash::from_hex(&r.payment_hash)?,
             preimage: Preimage::from_hex(&r.preimage)?,
             bolt11: r.bolt11,
@@ -141,6 +145,8 @@ pub fn oracle_of(cfg: &Config) -> Result<Arc<dyn PriceOracle>, BuildError> {
             Duration::from_secs(o.cache_secs),
             Duration::from_secs(o.timeout_secs),
             fallback,
+            o.max_move_pct,
+            Duration::from_secs(o.max_age_secs),
         ))),
         None => Ok(Arc::new(FixedOracle(fallback))),
     }
@@ -206,6 +212,10 @@ pub fn models_of(
                 },
                 tokenizer: m.tokenizer,
                 upstream,
+                limit_field: m.output_limit_field,
+                timeout,
+                idle,
+                max_duration: Duration::from_secs(m.max_duration_secs.max(1)),
             },
         );
     }
@@ -323,6 +333,8 @@ pub async fn build_state_with_store(
                     poll_interval,
                     timeout: Duration::from_secs(10),
                     webhook_url,
+                    fee_reserve_min: Msat::from_msat(l.lnbits_fee_reserve_min_msat),
+                    fee_reserve_ppm: l.lnbits_fee_reserve_ppm,
                 })?;
             let ln = Arc::new(ln);
             (ln.clone(), None, Some(ln))
@@ -403,7 +415,9 @@ pub async fn build_state_with_store(
         poll_interval,
         stale_after: Duration::from_secs(cfg.server.instance_stale_secs.max(1)),
         l402: cfg.l402.clone(),
-        estimates: Arc::default(),
+        estimates: Arc::new(crate::estimates::Estimators::new(
+            cfg.estimates.per_payer_per_hour,
+        )),
         job_models: job_models_of(cfg, &models_for_jobs)?,
         jobs: cfg.jobs.clone(),
         free,
@@ -421,8 +435,21 @@ pub async fn build_state_with_store(
         public_url: cfg.server.public_url.clone(),
         max_body_bytes: cfg.server.max_body_bytes,
         cors_origins: cfg.server.cors_origins.clone(),
+        limits: crate::server::Limits {
+            header_timeout: Duration::from_secs(cfg.server.header_timeout_secs.max(1)),
+            max_connections: cfg.server.max_connections,
+            per_ip: cfg.server.max_connections_per_ip,
+            max_header_buffer: MAX_HEADER_BUFFER,
+        },
+        body_timeout: Duration::from_secs(cfg.server.body_timeout_secs.max(1)),
+        health: Arc::default(),
+        refunds: cfg.refunds.clone(),
     })
 }
+
+/// The largest header block buffered (hyper answers a bare 431 beyond it);
+/// half of it is the largest answered in the API's error shape.
+const MAX_HEADER_BUFFER: usize = 64 * 1024;
 
 /// The free-tier settings of a configuration, checked.
 pub fn free_tier_of(cfg: &Config) -> Result<crate::free::FreeTier, BuildError> {
@@ -437,11 +464,14 @@ pub fn free_tier_of(cfg: &Config) -> Result<crate::free::FreeTier, BuildError> {
             f.pool_credit_pct
         )));
     }
+    let allowances = f
+        .allowances()
+        .map_err(|e| BuildError::Config(format!("free_tier allowances: {e}")))?;
+    sluice_core::check_tier_costs(&trust, &allowances, cfg.trust.min_tier_cost_days)
+        .map_err(|e| BuildError::Config(format!("trust: {e}")))?;
     Ok(crate::free::FreeTier {
         enabled: f.enabled,
-        allowances: f
-            .allowances()
-            .map_err(|e| BuildError::Config(format!("free_tier allowances: {e}")))?,
+        allowances,
         accounting: sluice_store::Accounting {
             pool_credit_pct: f.pool_credit_pct,
             trust,

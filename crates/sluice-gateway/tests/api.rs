@@ -8,6 +8,7 @@ mod api {
     mod failures;
     mod free_tier;
     pub mod helpers;
+    mod holes;
     mod identity;
     mod jobs;
     mod l402;

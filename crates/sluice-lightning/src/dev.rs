@@ -2,14 +2,18 @@
 //! key, on regtest (`lnbcrt`), **not real money**.
 //!
 //! It is the embedded default backend so that sluice runs end to end with no
-//! Lightning node: it issues invoices, and it settles one of its own invoices
-//! when told to pay it (the simulator and the tests play the customer that
-//! way). It cannot pay or be paid by anyone else, so a paid dev invoice is
-//! also a payment the dev wallet made ([`Lightning::lookup_payment`]).
+//! Lightning node. It is a tiny closed network of two parties sharing one
+//! store: the **gateway** side (what the gateway is given as its backend:
+//! [`DevWallet::open`]) and the **customer** side ([`DevWallet::counterparty`]:
+//! what `POST /v1/dev/pay`, `sluice wallet` and the tests use to play the
+//! payer). Each side pays only the other side's invoices and looks up only its
+//! own, so an invoice the gateway issued and was paid for is never mistaken
+//! for a payment the gateway made ([`Lightning::lookup_payment`]), and the
+//! gateway cannot "pay" one of its own invoices.
 //!
-//! Its state (node key, invoices, preimages) lives behind [`DevWalletStore`],
-//! which the gateway implements over its SQL store, so invoices (and with
-//! them the record of its payments) survive a restart.
+//! Its state (node key, invoices, preimages, who issued each) lives behind
+//! [`DevWalletStore`], which the gateway implements over its SQL store, so
+//! invoices (and with them the record of its payments) survive a restart.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -36,9 +40,46 @@ pub const DEV_MIN_FINAL_CLTV_EXPIRY_DELTA: u64 = 144;
 /// starts missing some (it then has to look invoices up, which it does anyway).
 const EVENT_BUFFER: usize = 1024;
 
+/// Which side of the dev network an invoice (or a wallet) is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DevSide {
+    /// The gateway: its invoices are what payers pay.
+    Gateway,
+    /// The payer: its invoices are what refunds pay.
+    Customer,
+}
+
+impl DevSide {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DevSide::Gateway => "gateway",
+            DevSide::Customer => "customer",
+        }
+    }
+
+    /// Parse the stored name.
+    pub fn parse(s: &str) -> Option<DevSide> {
+        match s {
+            "gateway" => Some(DevSide::Gateway),
+            "customer" => Some(DevSide::Customer),
+            _ => None,
+        }
+    }
+
+    fn other(self) -> DevSide {
+        match self {
+            DevSide::Gateway => DevSide::Customer,
+            DevSide::Customer => DevSide::Gateway,
+        }
+    }
+}
+
 /// A dev-wallet invoice with its preimage.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DevInvoiceRecord {
+    /// Who issued it (and so may be paid by it).
+    pub issuer: DevSide,
     /// Its hash.
     pub payment_hash: PaymentHash,
     /// Its preimage.
@@ -126,13 +167,29 @@ impl DevWalletStore for MemoryDevWalletStore {
     }
 }
 
-/// The embedded dev wallet. See the module docs: **not real money**.
+/// The embedded dev wallet, one side of it. See the module docs: **not real money**.
 pub struct DevWallet {
+    side: DevSide,
+    shared: Arc<Shared>,
+}
+
+/// What both sides share: the store, the node key and each side's settlement events.
+struct Shared {
     store: Arc<dyn DevWalletStore>,
     secp: Secp256k1<All>,
     secret: SecretKey,
     pubkey: PublicKey,
-    events: broadcast::Sender<Settled>,
+    gateway_events: broadcast::Sender<Settled>,
+    customer_events: broadcast::Sender<Settled>,
+}
+
+impl Shared {
+    fn events(&self, side: DevSide) -> &broadcast::Sender<Settled> {
+        match side {
+            DevSide::Gateway => &self.gateway_events,
+            DevSide::Customer => &self.customer_events,
+        }
+    }
 }
 
 impl std::fmt::Debug for DevWallet {
@@ -144,7 +201,8 @@ impl std::fmt::Debug for DevWallet {
 }
 
 impl DevWallet {
-    /// Open the wallet over `store`, creating its node key the first time.
+    /// Open the gateway's side of the wallet over `store`, creating its node
+    /// key the first time.
     pub async fn open(store: Arc<dyn DevWalletStore>) -> Result<DevWallet, LightningError> {
         let fresh = SecretKey::new(&mut rand::thread_rng()).secret_bytes();
         let key = store.node_key(fresh).await?;
@@ -155,13 +213,16 @@ impl DevWallet {
         })?;
         let secp = Secp256k1::new();
         let pubkey = PublicKey::from_secret_key(&secp, &secret);
-        let (events, _) = broadcast::channel(EVENT_BUFFER);
         let wallet = DevWallet {
-            store,
-            secp,
-            secret,
-            pubkey,
-            events,
+            side: DevSide::Gateway,
+            shared: Arc::new(Shared {
+                store,
+                secp,
+                secret,
+                pubkey,
+                gateway_events: broadcast::channel(EVENT_BUFFER).0,
+                customer_events: broadcast::channel(EVENT_BUFFER).0,
+            }),
         };
         tracing::warn!(
             node_pubkey = %wallet.node_pubkey(),
@@ -173,7 +234,22 @@ impl DevWallet {
 
     /// The node public key that signs this wallet's invoices (compressed, hex).
     pub fn node_pubkey(&self) -> String {
-        self.pubkey.to_string()
+        self.shared.pubkey.to_string()
+    }
+
+    /// The other side of the same dev network: the customer's wallet for the
+    /// gateway's, and back. It pays this side's invoices and issues the
+    /// invoices this side pays.
+    pub fn counterparty(&self) -> DevWallet {
+        DevWallet {
+            side: self.side.other(),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Which side this is.
+    pub fn side(&self) -> DevSide {
+        self.side
     }
 }
 
@@ -205,7 +281,11 @@ impl Lightning for DevWallet {
             .duration_since_epoch(now_since_epoch())
             .expiry_time(expiry)
             .min_final_cltv_expiry_delta(DEV_MIN_FINAL_CLTV_EXPIRY_DELTA)
-            .build_signed(|msg| self.secp.sign_ecdsa_recoverable(msg, &self.secret))
+            .build_signed(|msg| {
+                self.shared
+                    .secp
+                    .sign_ecdsa_recoverable(msg, &self.shared.secret)
+            })
             .map_err(|e| LightningError::InvalidInvoice(format!("cannot build invoice: {e}")))?;
         let decoded = describe(&invoice);
         let expires_at_ms = i64::try_from(decoded.expires_at)
@@ -214,6 +294,7 @@ impl Lightning for DevWallet {
             .ok_or_else(|| LightningError::InvalidInvoice("expiry too far in the future".into()))?;
         let bolt11 = invoice.to_string();
         let record = DevInvoiceRecord {
+            issuer: self.side,
             payment_hash,
             preimage,
             bolt11: bolt11.clone(),
@@ -221,7 +302,7 @@ impl Lightning for DevWallet {
             expires_at_ms,
             paid_at_ms: None,
         };
-        self.store.insert(&record).await?;
+        self.shared.store.insert(&record).await?;
         Ok(Invoice {
             bolt11,
             payment_hash,
@@ -230,25 +311,37 @@ impl Lightning for DevWallet {
         })
     }
 
+    /// Only this side's own invoices: the other side's are not invoices it issued.
     async fn lookup_invoice(&self, hash: &PaymentHash) -> Result<InvoiceStatus, LightningError> {
         let record = self
+            .shared
             .store
             .get(hash)
             .await?
+            .filter(|r| r.issuer == self.side)
             .ok_or(LightningError::NotFound)?;
         Ok(status_of(&record, now_ms()))
     }
 
+    /// Only the other side's invoices: a wallet cannot pay itself.
     async fn pay_invoice(&self, bolt11: &str, _max_fee: Msat) -> Result<Payment, LightningError> {
         let foreign = || {
-            LightningError::InvalidInvoice("the dev wallet can only pay invoices it issued".into())
+            LightningError::InvalidInvoice(
+                "the dev wallet can only pay invoices of its own dev network".into(),
+            )
         };
         let invoice = parse(bolt11)?;
-        if invoice.get_payee_pub_key() != self.pubkey {
+        if invoice.get_payee_pub_key() != self.shared.pubkey {
             return Err(foreign());
         }
         let hash = PaymentHash(invoice.payment_hash().to_byte_array());
-        let record = self.store.get(&hash).await?.ok_or_else(foreign)?;
+        let record = self.shared.store.get(&hash).await?.ok_or_else(foreign)?;
+        if record.issuer == self.side {
+            return Err(LightningError::InvalidInvoice(format!(
+                "this is the {} side's own invoice; a wallet cannot pay itself",
+                self.side.as_str()
+            )));
+        }
         let now = now_ms();
         match status_of(&record, now) {
             InvoiceStatus::Settled { .. } => return Err(LightningError::AlreadyPaid),
@@ -256,11 +349,11 @@ impl Lightning for DevWallet {
             InvoiceStatus::Pending => {}
         }
         // The store decides the race between two concurrent payers.
-        if !self.store.mark_paid(&hash, now).await? {
+        if !self.shared.store.mark_paid(&hash, now).await? {
             return Err(LightningError::AlreadyPaid);
         }
         // No receiver is fine: subscribers are a hint, lookups are the truth.
-        let _ = self.events.send(Settled {
+        let _ = self.shared.events(record.issuer).send(Settled {
             payment_hash: hash,
             preimage: record.preimage,
             amount: record.amount,
@@ -273,22 +366,25 @@ impl Lightning for DevWallet {
         })
     }
 
-    /// The dev wallet pays nothing but its own invoices, and settles one
-    /// atomically (one `mark_paid`), so a paid dev invoice is a payment it
-    /// made, and anything else (unknown hash, unpaid or expired invoice) is
-    /// a payment it never made. Never `Pending` or `Failed`.
+    /// A side pays only the other side's invoices, and settles one
+    /// atomically (one `mark_paid`), so a paid invoice of the other side is a
+    /// payment this side made, and anything else (unknown hash, an unpaid or
+    /// expired invoice, an invoice of this side's own) is a payment it never
+    /// made. Never `Pending` or `Failed`.
     async fn lookup_payment(&self, hash: &PaymentHash) -> Result<PaymentStatus, LightningError> {
-        Ok(match self.store.get(hash).await? {
-            Some(record) if record.paid_at_ms.is_some() => PaymentStatus::Succeeded {
-                preimage: record.preimage,
-                fee: Msat::ZERO,
-            },
+        Ok(match self.shared.store.get(hash).await? {
+            Some(record) if record.issuer != self.side && record.paid_at_ms.is_some() => {
+                PaymentStatus::Succeeded {
+                    preimage: record.preimage,
+                    fee: Msat::ZERO,
+                }
+            }
             _ => PaymentStatus::NotFound,
         })
     }
 
     fn subscribe(&self) -> broadcast::Receiver<Settled> {
-        self.events.subscribe()
+        self.shared.events(self.side).subscribe()
     }
 }
 
@@ -317,6 +413,7 @@ mod tests {
         assert_eq!(store.node_key([1; 32]).await.unwrap(), [1; 32]);
         assert_eq!(store.node_key([2; 32]).await.unwrap(), [1; 32]);
         let record = DevInvoiceRecord {
+            issuer: DevSide::Gateway,
             payment_hash: PaymentHash([3; 32]),
             preimage: Preimage([4; 32]),
             bolt11: "lnbcrt1".into(),
@@ -346,6 +443,7 @@ mod tests {
     #[test]
     fn a_paid_invoice_stays_settled_after_its_expiry() {
         let record = DevInvoiceRecord {
+            issuer: DevSide::Gateway,
             payment_hash: PaymentHash([3; 32]),
             preimage: Preimage([4; 32]),
             bolt11: String::new(),

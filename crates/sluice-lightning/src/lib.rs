@@ -226,8 +226,17 @@ pub trait Lightning: Send + Sync {
     /// Look up an invoice this backend created.
     async fn lookup_invoice(&self, hash: &PaymentHash) -> Result<InvoiceStatus, LightningError>;
 
-    /// Pay a BOLT11 invoice, spending at most `max_fee` on routing.
+    /// Pay a BOLT11 invoice, spending at most `max_fee` on routing (see
+    /// [`Lightning::fee_reserve`] for a backend that cannot cap it).
     async fn pay_invoice(&self, bolt11: &str, max_fee: Msat) -> Result<Payment, LightningError>;
+
+    /// What this backend may spend on routing a payment of `amount` whatever
+    /// `max_fee` it is given, when it cannot cap a payment's fee itself
+    /// (LNbits: its own fee reserve). `None`: it honours `max_fee`. A payout
+    /// must leave at least this much for fees.
+    fn fee_reserve(&self, _amount: Msat) -> Option<Msat> {
+        None
+    }
 
     /// The state of a payment this backend made (or tried to make) to
     /// `hash`. Only outgoing payments count: an invoice this backend issued

@@ -81,7 +81,17 @@ pub struct LnBitsConfig {
     /// Where LNbits should POST settlements (the gateway's webhook route),
     /// written into every invoice; `None` relies on polling alone.
     pub webhook_url: Option<String>,
+    /// LNbits' `LNBITS_RESERVE_FEE_MIN`, msat: it has no per-payment fee
+    /// limit and may spend up to its reserve on any payment.
+    pub fee_reserve_min: Msat,
+    /// LNbits' `LNBITS_RESERVE_FEE_PERCENT`, in parts per million of the amount.
+    pub fee_reserve_ppm: u64,
 }
+
+/// LNbits' default `LNBITS_RESERVE_FEE_MIN` (2 sats).
+pub const DEFAULT_FEE_RESERVE_MIN: Msat = Msat::from_msat(2_000);
+/// LNbits' default `LNBITS_RESERVE_FEE_PERCENT` (1 %), in ppm.
+pub const DEFAULT_FEE_RESERVE_PPM: u64 = 10_000;
 
 impl LnBitsConfig {
     /// A config with the default poll interval and timeout and no webhook.
@@ -93,6 +103,8 @@ impl LnBitsConfig {
             poll_interval: DEFAULT_POLL_INTERVAL,
             timeout: DEFAULT_TIMEOUT,
             webhook_url: None,
+            fee_reserve_min: DEFAULT_FEE_RESERVE_MIN,
+            fee_reserve_ppm: DEFAULT_FEE_RESERVE_PPM,
         }
     }
 }
@@ -106,6 +118,8 @@ impl std::fmt::Debug for LnBitsConfig {
             .field("poll_interval", &self.poll_interval)
             .field("timeout", &self.timeout)
             .field("webhook_url", &self.webhook_url)
+            .field("fee_reserve_min", &self.fee_reserve_min)
+            .field("fee_reserve_ppm", &self.fee_reserve_ppm)
             .finish()
     }
 }
@@ -138,6 +152,8 @@ struct Inner {
     admin_key: Option<HeaderValue>,
     webhook_url: Option<String>,
     timeout: Duration,
+    fee_reserve_min: Msat,
+    fee_reserve_ppm: u64,
     events: broadcast::Sender<Settled>,
     watch: Mutex<Watch>,
 }
@@ -195,6 +211,8 @@ impl LnBits {
             admin_key,
             webhook_url: config.webhook_url,
             timeout: config.timeout,
+            fee_reserve_min: config.fee_reserve_min,
+            fee_reserve_ppm: config.fee_reserve_ppm,
             events,
             watch: Mutex::new(Watch::default()),
         });
@@ -407,6 +425,14 @@ impl Lightning for LnBits {
             preimage,
             fee,
         })
+    }
+
+    /// LNbits takes no per-payment fee limit: it spends up to its reserve,
+    /// `max(LNBITS_RESERVE_FEE_MIN, LNBITS_RESERVE_FEE_PERCENT of the amount)`.
+    fn fee_reserve(&self, amount: Msat) -> Option<Msat> {
+        let pct = u128::from(amount.msat()) * u128::from(self.inner.fee_reserve_ppm) / 1_000_000;
+        let pct = Msat::from_msat(u64::try_from(pct).unwrap_or(u64::MAX));
+        Some(pct.max(self.inner.fee_reserve_min))
     }
 
     /// `GET /api/v1/payments/{hash}` with this wallet's admin key (its

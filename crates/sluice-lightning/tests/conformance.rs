@@ -3,9 +3,9 @@
 //! backend by [`lightning_conformance!`]; backend-specific tests sit next to
 //! each backend's fixture.
 //!
-//! LND and Core Lightning are tested against recorded-response fakes
-//! (modules `lnd_recorded_fake`, `cln_recorded_fake`; samples and their
-//! sources in `conformance/recorded/`): no LND or CLN binary runs here.
+//! LND and Core Lightning are tested against sample-response fakes
+//! (modules `lnd_sample_fake`, `cln_sample_fake`; samples and their
+//! sources in `conformance/samples/`): no LND or CLN binary runs here.
 //!
 //! LNbits tests need a running LNbits: `scripts/lnbits.sh start`, then load
 //! the env file it prints (`SLUICE_TEST_LNBITS_URL`,
@@ -22,11 +22,11 @@ mod dev;
 #[path = "conformance/lnbits.rs"]
 mod lnbits;
 
-#[path = "conformance/recorded_fake.rs"]
-mod recorded_fake;
+#[path = "conformance/sample_fake.rs"]
+mod sample_fake;
 
 #[path = "conformance/lnd.rs"]
-mod lnd_recorded_fake;
+mod lnd_sample_fake;
 
 #[path = "conformance/cln.rs"]
-mod cln_recorded_fake;
+mod cln_sample_fake;

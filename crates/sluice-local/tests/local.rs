@@ -193,17 +193,29 @@ fn long_conversations_are_processed_in_chunks() {
 }
 
 #[test]
-fn seeded_sampling_is_reproducible() {
+fn seeded_sampling_is_reproducible_and_follows_its_seed() {
     let msgs = user("Name a colour.");
-    let params = GenParams {
-        temperature: Some(0.8),
+    let seeded = |seed| GenParams {
+        temperature: Some(1.2),
         top_p: Some(0.95),
-        seed: Some(42),
+        seed: Some(seed),
         ..greedy(12)
     };
-    let (a, ga) = run(&msgs, &params);
-    let (b, gb) = run(&msgs, &params);
-    assert_eq!((a, ga), (b, gb));
+    let (a, ga) = run(&msgs, &seeded(42));
+    let (b, gb) = run(&msgs, &seeded(42));
+    assert_eq!((&a, &ga), (&b, &gb), "one seed, one answer");
+    // Greedy decoding is reproducible too: the seed, temperature and top_p
+    // must actually be used, so other seeds and greedy answer differently.
+    let (g, _) = run(&msgs, &greedy(12));
+    let others: Vec<String> = (1..=4).map(|s| run(&msgs, &seeded(s)).0).collect();
+    assert!(
+        others.iter().chain([&a]).any(|o| *o != g),
+        "sampling answered exactly as greedy decoding: {g:?}"
+    );
+    assert!(
+        others.iter().any(|o| *o != a),
+        "every seed gave the same answer: {a:?}"
+    );
 }
 
 #[test]

@@ -10,9 +10,12 @@
 //!
 //! Caveats are `cond=value`: `services=<name>:<tier>,…` must name this service,
 //! `<service>_capabilities=a,b` must include the capability used, `<service>_valid_until`
-//! must lie ahead; sluice's own `models=a,b` narrows the models and `max_spend_msat=N` caps
-//! spending (keyed like session spend caps, stable across descendants). Conditions another
-//! service defines are skipped, as Aperture does. Repeated caveats can only narrow.
+//! must lie ahead; sluice's own `models=a,b` narrows the models, `max_spend_msat=N` caps
+//! spending (keyed like session spend caps, stable across descendants) and `expires=<unix s>`
+//! bounds validity as it does on session macaroons. `<other>_capabilities` and
+//! `<other>_valid_until` of another service are skipped, as Aperture does (a token may serve
+//! several services). Any other condition is refused: a caveat this code does not understand
+//! may be a restriction its author relied on. Repeated caveats can only narrow.
 
 use sha2::{Digest, Sha256};
 use sluice_core::Msat;
@@ -262,8 +265,20 @@ pub fn verify(
                     caveat_index: index,
                 });
             }
-            // Another service's conditions: skipped, as Aperture does.
-            _ => {}
+            "expires" => {
+                let t: u64 = value
+                    .parse()
+                    .map_err(|_| L402Error::Caveat("bad expires".into()))?;
+                valid_until = Some(valid_until.map_or(t, |v| v.min(t)));
+            }
+            // Another service's conditions (Aperture's per-service satisfiers): skipped.
+            c if is_other_service_condition(c) => {}
+            other => {
+                return Err(L402Error::Caveat(format!(
+                    "unknown caveat {}",
+                    quote_untrusted(other.as_bytes())
+                )));
+            }
         }
     }
     if let Some(v) = valid_until
@@ -276,6 +291,19 @@ pub fn verify(
         valid_until,
         models,
         spend_caps,
+    })
+}
+
+/// `<service>_capabilities` or `<service>_valid_until` of some service: the
+/// conditions Aperture defines per service, which another service's verifier skips.
+fn is_other_service_condition(cond: &str) -> bool {
+    ["_capabilities", "_valid_until"].iter().any(|suffix| {
+        cond.strip_suffix(suffix).is_some_and(|service| {
+            !service.is_empty()
+                && service
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
     })
 }
 
@@ -364,6 +392,13 @@ mod tests {
             .clone()
             .with_first_party_caveat(b"otherservice_valid_until=1");
         assert!(verify(&foreign, id, &root, "sluice", "chat", 1_000).is_ok());
+        // sluice's `expires` is enforced as on session macaroons.
+        let expiring = m.clone().with_first_party_caveat(b"expires=1000");
+        assert_eq!(
+            verify(&expiring, id, &root, "sluice", "chat", 1_000),
+            Err(L402Error::Expired { valid_until: 1_000 })
+        );
+        assert!(verify(&expiring, id, &root, "sluice", "chat", 999).is_ok());
         // Dropping a caveat (keeping the narrowed signature) fails.
         let mut bytes = m.encode_v2();
         let at = bytes.len() - 32;
@@ -373,6 +408,31 @@ mod tests {
             verify(&widened, id, &root, "sluice", "chat", 1_000),
             Err(L402Error::Macaroon(_))
         ));
+    }
+
+    #[test]
+    fn unknown_caveats_on_an_l402_token_are_refused() {
+        let (m, _, root, id) = setup();
+        for bad in [
+            &b"foo=bar"[..],
+            b"sluice_valid_untill=5000",
+            b"max_spend=1",
+            b"noequals",
+        ] {
+            let attenuated = m.clone().with_first_party_caveat(bad);
+            assert!(
+                matches!(
+                    verify(&attenuated, id, &root, "sluice", "chat", 1_000),
+                    Err(L402Error::Caveat(_))
+                ),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        for skipped in [&b"other_capabilities=x"[..], b"other-svc_valid_until=1"] {
+            let attenuated = m.clone().with_first_party_caveat(skipped);
+            assert!(verify(&attenuated, id, &root, "sluice", "chat", 1_000).is_ok());
+        }
     }
 
     /// Macaroons minted by Go implementations, as published in lsat-js's test

@@ -881,9 +881,10 @@ fn spend_cap_keys_are_shared_by_descendants() {
 }
 
 #[test]
-fn identical_caps_added_to_one_macaroon_share_a_budget() {
+fn identical_caps_added_to_one_macaroon_have_one_key() {
     // Two holders who add the very same caveat to the very same macaroon hold byte-identical
-    // macaroons, so they necessarily meter against one cap.
+    // macaroons, so they report one cap key (the gateway test
+    // `identical_caps_added_to_one_macaroon_share_a_budget` spends it).
     let (m, root) = session("s");
     let a = m
         .clone()

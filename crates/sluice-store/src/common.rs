@@ -269,6 +269,7 @@ impl TryFrom<RequestRaw> for RequestRow {
 /// A `dev_invoices` row as read.
 #[derive(sqlx::FromRow)]
 pub(crate) struct DevInvoiceRaw {
+    issuer: String,
     payment_hash: String,
     preimage: String,
     bolt11: String,
@@ -281,6 +282,7 @@ impl TryFrom<DevInvoiceRaw> for DevInvoiceRow {
     type Error = StoreError;
     fn try_from(r: DevInvoiceRaw) -> Result<Self, StoreError> {
         Ok(DevInvoiceRow {
+            issuer: r.issuer,
             payment_hash: r.payment_hash,
             preimage: r.preimage,
             bolt11: r.bolt11,
@@ -297,7 +299,7 @@ macro_rules! job_columns {
         "id, state, request, eval_model, work_model, eval_hash, eval_bolt11, eval_amount_msat, eval_expires_at, \
          work_hash, work_bolt11, work_amount_msat, work_expires_at, reason, result, work_btc_usd_micros, \
          est_input_tokens, est_output_tokens, input_tokens, output_tokens, work_charged_msat, refund_id, attempts, \
-         pubkey, free_tier, absorb_cap_msat, absorbed_msat, created_at, updated_at"
+         pubkey, free_tier, absorb_cap_msat, absorbed_msat, created_at, updated_at, instance_id, invoice_dead_at"
     };
 }
 pub(crate) use job_columns;
@@ -334,6 +336,8 @@ pub(crate) struct JobRaw {
     absorbed_msat: Option<i64>,
     created_at: i64,
     updated_at: i64,
+    instance_id: Option<String>,
+    invoice_dead_at: Option<i64>,
 }
 
 impl TryFrom<JobRaw> for JobRow {
@@ -386,6 +390,8 @@ impl TryFrom<JobRaw> for JobRow {
             absorbed: r.absorbed_msat.map(msat).transpose()?,
             created_at_ms: r.created_at,
             updated_at_ms: r.updated_at,
+            instance_id: r.instance_id,
+            invoice_dead_at_ms: r.invoice_dead_at,
         })
     }
 }
@@ -394,7 +400,7 @@ impl TryFrom<JobRaw> for JobRow {
 macro_rules! identity_columns {
     () => {
         "pubkey, score, successes, failures, paid_msat, absorbed_msat, absorbed_today_msat, absorbed_day, \
-         first_seen, last_seen"
+         first_seen, last_seen, paid_days, last_paid_day"
     };
 }
 pub(crate) use identity_columns;
@@ -412,6 +418,8 @@ pub(crate) struct IdentityRaw {
     absorbed_day: i64,
     first_seen: i64,
     last_seen: i64,
+    paid_days: i64,
+    last_paid_day: Option<i64>,
 }
 
 impl TryFrom<IdentityRaw> for IdentityRow {
@@ -428,6 +436,8 @@ impl TryFrom<IdentityRaw> for IdentityRow {
             absorbed_day: r.absorbed_day,
             first_seen_ms: r.first_seen,
             last_seen_ms: r.last_seen,
+            paid_days: from_i64(r.paid_days, "paid_days")?,
+            last_paid_day: r.last_paid_day,
         })
     }
 }
@@ -486,7 +496,7 @@ pub(crate) fn job_refund_id(job_id: &str) -> String {
 macro_rules! refund_columns {
     () => {
         "id, owner_kind, owner_id, state, amount_msat, payout_msat, expires_at, payment_hash, preimage, \
-         lookup_required, created_at, updated_at"
+         lookup_required, created_at, updated_at, claimed_msat, fee_msat, failed_hash, retry_until"
     };
 }
 pub(crate) use refund_columns;
@@ -506,6 +516,10 @@ pub(crate) struct RefundRaw {
     lookup_required: bool,
     created_at: i64,
     updated_at: i64,
+    claimed_msat: Option<i64>,
+    fee_msat: Option<i64>,
+    failed_hash: Option<String>,
+    retry_until: Option<i64>,
 }
 
 impl TryFrom<RefundRaw> for RefundRow {
@@ -523,6 +537,10 @@ impl TryFrom<RefundRaw> for RefundRow {
                 payment_hash: r.payment_hash,
                 lookup_required: r.lookup_required,
                 preimage: r.preimage,
+                claimed: msat(r.claimed_msat.unwrap_or(0))?,
+                fee: msat(r.fee_msat.unwrap_or(0))?,
+                failed_hash: r.failed_hash,
+                invoice_expires_at_ms: r.retry_until.unwrap_or(0),
             },
             created_at_ms: r.created_at,
             updated_at_ms: r.updated_at,
@@ -673,9 +691,13 @@ macro_rules! store_impl {
                 Interaction::Free => (1, 0, Msat::ZERO),
                 Interaction::Failed => (0, 1, Msat::ZERO),
             };
+            // A day with a payment counts once towards the identity's paying days.
+            let today = sluice_core::day_of(now_ms);
+            let new_paying_day = paid > Msat::ZERO && current.last_paid_day != Some(today);
             let raw: $crate::common::IdentityRaw = sqlx::query_as(concat!(
                 "UPDATE identities SET score = $2, successes = successes + $3, failures = failures + $4, \
-                 paid_msat = paid_msat + $5, last_seen = $6 WHERE pubkey = $1 RETURNING ",
+                 paid_msat = paid_msat + $5, last_seen = $6, paid_days = paid_days + $7, \
+                 last_paid_day = CASE WHEN $8 THEN $9 ELSE last_paid_day END WHERE pubkey = $1 RETURNING ",
                 identity_columns!()
             ))
             .bind(pubkey)
@@ -684,6 +706,9 @@ macro_rules! store_impl {
             .bind(failures)
             .bind(paid.to_i64()?)
             .bind(now_ms)
+            .bind(i64::from(new_paying_day))
+            .bind(paid > Msat::ZERO)
+            .bind(today)
             .fetch_one(&mut *conn)
             .await?;
             if interaction == Interaction::Failed {
@@ -1028,6 +1053,25 @@ macro_rules! store_impl {
                         .bind(request_id)
                         .fetch_optional(&mut *tx)
                         .await?;
+                    // Released before its settlement (past its deadline, or by a peer that took
+                    // this process for dead): the answer's cost is the operator's loss, recorded.
+                    if let (Finish::Settle(s), Some("abandoned")) = (&finish, current.as_deref()) {
+                        sqlx::query(
+                            "UPDATE requests SET input_tokens = $2, output_tokens = $3, uncharged_msat = $4 \
+                             WHERE id = $1 AND status = 'abandoned' AND COALESCE(uncharged_msat, 0) = 0",
+                        )
+                        .bind(request_id)
+                        .bind(to_i64(s.usage.input)?)
+                        .bind(to_i64(s.usage.output)?)
+                        .bind(s.actual_cost.to_i64()?)
+                        .execute(&mut *tx)
+                        .await?;
+                        tx.commit().await?;
+                        return Err(StoreError::Released {
+                            request_id: request_id.to_owned(),
+                            loss: s.actual_cost,
+                        });
+                    }
                     tx.rollback().await?;
                     return Err(match current {
                         None => StoreError::NotFound,
@@ -1164,6 +1208,21 @@ macro_rules! store_impl {
                     tx.rollback().await?;
                     return Err(StoreError::NotFound);
                 };
+                // An invoice proves at most one refund's payout: one already
+                // claimed by another refund (paid, paying or failed) is refused.
+                if let RefundEvent::Claim { invoice_hash, .. } = &event {
+                    let other: Option<String> = sqlx::query_scalar(
+                        "SELECT id FROM refunds WHERE (payment_hash = $1 OR failed_hash = $1) AND id <> $2 LIMIT 1",
+                    )
+                    .bind(invoice_hash.as_str())
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if other.is_some() {
+                        tx.rollback().await?;
+                        return Err(StoreError::Conflict("this invoice was already used for another refund".to_owned()));
+                    }
+                }
                 let step = match sluice_core::refund::transition(&row.refund, event) {
                     Ok(step) => step,
                     Err(refused) => {
@@ -1174,7 +1233,8 @@ macro_rules! store_impl {
                 let r = &step.refund;
                 sqlx::query(
                     "UPDATE refunds SET state = $2, amount_msat = $3, payout_msat = $4, expires_at = $5, \
-                     payment_hash = $6, preimage = $7, lookup_required = $8, updated_at = $9 WHERE id = $1",
+                     payment_hash = $6, preimage = $7, lookup_required = $8, updated_at = $9, claimed_msat = $10, \
+                     fee_msat = $11, failed_hash = $12, retry_until = $13 WHERE id = $1",
                 )
                 .bind(id)
                 .bind(r.state.as_str())
@@ -1185,6 +1245,10 @@ macro_rules! store_impl {
                 .bind(r.preimage.as_deref())
                 .bind(r.lookup_required)
                 .bind(now_ms)
+                .bind(r.claimed.to_i64()?)
+                .bind(r.fee.to_i64()?)
+                .bind(r.failed_hash.as_deref())
+                .bind(r.invoice_expires_at_ms)
                 .execute(&mut *tx)
                 .await?;
                 write_new_postings(&mut tx, &step.postings(id)?, now_ms).await?;
@@ -1485,9 +1549,9 @@ macro_rules! store_impl {
                     }
                     sqlx::query(
                         "INSERT INTO requests (id, session_id, model, est_input_tokens, max_output_tokens, \
-                         hold_msat, btc_usd_micros, status, stream, instance_id, cap_keys, created_at, pubkey) \
+                         hold_msat, btc_usd_micros, status, stream, instance_id, cap_keys, created_at, pubkey, deadline_at) \
                          VALUES ($1, $2, $3, $4, $5, $6, $7, 'held', $8, $9, $10, $11, \
-                         COALESCE($12, (SELECT pubkey FROM sessions WHERE id = $2)))",
+                         COALESCE($12, (SELECT pubkey FROM sessions WHERE id = $2)), $13)",
                     )
                     .bind(hold.request_id.as_str())
                     .bind(hold.session_id.as_str())
@@ -1501,6 +1565,7 @@ macro_rules! store_impl {
                     .bind(cap_keys.as_str())
                     .bind(hold.now_ms)
                     .bind(hold.pubkey.as_deref())
+                    .bind(hold.deadline_ms)
                     .execute(&mut *tx)
                     .await?;
                     if !write_posting(&mut tx, &posting, hold.now_ms).await? {
@@ -1557,14 +1622,18 @@ macro_rules! store_impl {
                 Ok(())
             }
 
-            async fn abandoned_holds(&self, stale_before_ms: i64) -> Result<Vec<RequestRow>, StoreError> {
+            async fn abandoned_holds(&self, stale_before_ms: i64, now_ms: i64, own_instance: &str) -> Result<Vec<RequestRow>, StoreError> {
                 let raws: Vec<$crate::common::RequestRaw> = sqlx::query_as(concat!(
                     "SELECT ",
                     request_columns!(),
                     " FROM requests r LEFT JOIN gateway_instances g ON g.id = r.instance_id \
-                     WHERE r.status = 'held' AND (g.id IS NULL OR g.heartbeat_at < $1) ORDER BY r.created_at, r.id"
+                     WHERE r.status = 'held' AND (r.deadline_at < $2 OR \
+                       ((r.instance_id IS NULL OR r.instance_id <> $3) AND (g.id IS NULL OR g.heartbeat_at < $1))) \
+                     ORDER BY r.created_at, r.id"
                 ))
                 .bind(stale_before_ms)
+                .bind(now_ms)
+                .bind(own_instance)
                 .fetch_all(&self.pool)
                 .await?;
                 raws.into_iter().map(RequestRow::try_from).collect()
@@ -1618,7 +1687,7 @@ macro_rules! store_impl {
                 )
                 .fetch_one(&mut *tx)
                 .await?;
-                let (lightning_in, revenue, jobs_held, refunds_owed, pool, paid_out, equity): (i64, i64, i64, i64, i64, i64, i64) =
+                let (lightning_in, revenue, jobs_held, refunds_owed, pool, paid_out, equity, fees): (i64, i64, i64, i64, i64, i64, i64, i64) =
                     sqlx::query_as(
                         "SELECT \
                      CAST(COALESCE(SUM(CASE WHEN account = 'lightning:in' THEN amount_msat ELSE 0 END), 0) AS BIGINT), \
@@ -1627,9 +1696,10 @@ macro_rules! store_impl {
                      CAST(COALESCE(SUM(CASE WHEN account LIKE 'refund:%' THEN amount_msat ELSE 0 END), 0) AS BIGINT), \
                      CAST(COALESCE(SUM(CASE WHEN account = 'pool:generosity' THEN amount_msat ELSE 0 END), 0) AS BIGINT), \
                      CAST(COALESCE(SUM(CASE WHEN account = 'lightning:out' THEN amount_msat ELSE 0 END), 0) AS BIGINT), \
-                     CAST(COALESCE(SUM(CASE WHEN account = 'equity:operator' THEN amount_msat ELSE 0 END), 0) AS BIGINT) \
+                     CAST(COALESCE(SUM(CASE WHEN account = 'equity:operator' THEN amount_msat ELSE 0 END), 0) AS BIGINT), \
+                     CAST(COALESCE(SUM(CASE WHEN account = 'lightning:fees' THEN amount_msat ELSE 0 END), 0) AS BIGINT) \
                      FROM ledger_entry WHERE account IN ('lightning:in', 'revenue', 'pool:generosity', 'lightning:out', \
-                     'equity:operator') \
+                     'equity:operator', 'lightning:fees') \
                      OR account LIKE 'job:%' OR account LIKE 'refund:%'",
                     )
                 .fetch_one(&mut *tx)
@@ -1656,14 +1726,15 @@ macro_rules! store_impl {
                     refunds_owed: msat(refunds_owed)?,
                     pool: msat(pool)?,
                     paid_out: msat(paid_out)?,
+                    fees: msat(fees)?,
                 })
             }
 
             async fn dev_invoice_insert(&self, invoice: &DevInvoiceRow) -> Result<(), StoreError> {
                 let mut tx = self.begin_write().await?;
                 sqlx::query(
-                    "INSERT INTO dev_invoices (payment_hash, preimage, bolt11, amount_msat, expires_at, paid_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
+                    "INSERT INTO dev_invoices (payment_hash, preimage, bolt11, amount_msat, expires_at, paid_at, issuer) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 )
                 .bind(invoice.payment_hash.as_str())
                 .bind(invoice.preimage.as_str())
@@ -1671,6 +1742,7 @@ macro_rules! store_impl {
                 .bind(invoice.amount.to_i64()?)
                 .bind(invoice.expires_at_ms)
                 .bind(invoice.paid_at_ms)
+                .bind(invoice.issuer.as_str())
                 .execute(&mut *tx)
                 .await?;
                 tx.commit().await?;
@@ -1679,7 +1751,7 @@ macro_rules! store_impl {
 
             async fn dev_invoice(&self, payment_hash: &str) -> Result<Option<DevInvoiceRow>, StoreError> {
                 let raw: Option<$crate::common::DevInvoiceRaw> = sqlx::query_as(
-                    "SELECT payment_hash, preimage, bolt11, amount_msat, expires_at, paid_at \
+                    "SELECT issuer, payment_hash, preimage, bolt11, amount_msat, expires_at, paid_at \
                      FROM dev_invoices WHERE payment_hash = $1",
                 )
                 .bind(payment_hash)
@@ -1735,17 +1807,16 @@ macro_rules! store_impl {
                 raw.map(JobRow::try_from).transpose()
             }
 
-            async fn pending_job_invoices(&self, now_ms: i64, limit: u32) -> Result<Vec<PendingJobInvoice>, StoreError> {
+            async fn pending_job_invoices(&self, limit: u32) -> Result<Vec<PendingJobInvoice>, StoreError> {
                 let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
                     "SELECT id, phase, payment_hash, expires_at FROM ( \
                        SELECT id, 'eval' AS phase, eval_hash AS payment_hash, eval_expires_at AS expires_at, created_at \
-                       FROM jobs WHERE state = 'awaiting_eval_payment' AND eval_expires_at > $1 \
+                       FROM jobs WHERE state = 'awaiting_eval_payment' AND invoice_dead_at IS NULL \
                        UNION ALL \
                        SELECT id, 'work' AS phase, work_hash AS payment_hash, work_expires_at AS expires_at, created_at \
-                       FROM jobs WHERE state = 'awaiting_work_payment' AND work_expires_at > $1 \
-                     ) p ORDER BY created_at, id LIMIT $2",
+                       FROM jobs WHERE state = 'awaiting_work_payment' AND invoice_dead_at IS NULL \
+                     ) p ORDER BY created_at, id LIMIT $1",
                 )
-                .bind(now_ms)
                 .bind(i64::from(limit))
                 .fetch_all(&self.pool)
                 .await?;
@@ -1764,6 +1835,7 @@ macro_rules! store_impl {
                 &self,
                 payment_hash: &str,
                 preimage_hex: &str,
+                instance_id: &str,
                 now_ms: i64,
             ) -> Result<Option<JobRow>, StoreError> {
                 let mut tx = self.begin_write().await?;
@@ -1817,15 +1889,18 @@ macro_rules! store_impl {
                     tx.rollback().await?;
                     return Ok(None);
                 }
+                // The process that recorded the payment runs the next phase: it owns the job
+                // from here, so no reconciler takes it for an orphan before that phase starts.
                 let paid_columns = if event == JobEvent::EvalPaid {
-                    "UPDATE jobs SET eval_preimage = $2, eval_paid_at = $3 WHERE id = $1"
+                    "UPDATE jobs SET eval_preimage = $2, eval_paid_at = $3, instance_id = $4 WHERE id = $1"
                 } else {
-                    "UPDATE jobs SET work_preimage = $2, work_paid_at = $3 WHERE id = $1"
+                    "UPDATE jobs SET work_preimage = $2, work_paid_at = $3, instance_id = $4 WHERE id = $1"
                 };
                 sqlx::query(paid_columns)
                     .bind(job.id.as_str())
                     .bind(preimage_hex)
                     .bind(now_ms)
+                    .bind(instance_id)
                     .execute(&mut *tx)
                     .await?;
                 let after = read_job(&mut tx, &job.id).await?.ok_or(StoreError::NotFound)?;
@@ -1833,13 +1908,15 @@ macro_rules! store_impl {
                 Ok(Some(after))
             }
 
-            async fn job_attempt(&self, id: &str, now_ms: i64) -> Result<u32, StoreError> {
+            async fn job_attempt(&self, id: &str, instance_id: &str, now_ms: i64) -> Result<u32, StoreError> {
                 let mut tx = self.begin_write().await?;
                 let attempts: Option<i64> = sqlx::query_scalar(
-                    "UPDATE jobs SET attempts = attempts + 1, updated_at = $2 WHERE id = $1 RETURNING attempts",
+                    "UPDATE jobs SET attempts = attempts + 1, updated_at = $2, instance_id = $3 WHERE id = $1 \
+                     RETURNING attempts",
                 )
                 .bind(id)
                 .bind(now_ms)
+                .bind(instance_id)
                 .fetch_optional(&mut *tx)
                 .await?;
                 let Some(attempts) = attempts else {
@@ -2085,6 +2162,81 @@ macro_rules! store_impl {
                 Ok(jobs)
             }
 
+            async fn orphaned_jobs(&self, stale_before_ms: i64) -> Result<Vec<JobRow>, StoreError> {
+                let raws: Vec<$crate::common::JobRaw> = sqlx::query_as(concat!(
+                    "SELECT ",
+                    job_columns!(),
+                    " FROM jobs WHERE state IN ('evaluating', 'executing') AND (instance_id IS NULL OR instance_id NOT IN \
+                     (SELECT id FROM gateway_instances WHERE heartbeat_at >= $1)) ORDER BY created_at, id"
+                ))
+                .bind(stale_before_ms)
+                .fetch_all(&self.pool)
+                .await?;
+                raws.into_iter().map(JobRow::try_from).collect()
+            }
+
+            async fn adopt_job(&self, id: &str, from_instance: Option<&str>, to_instance: &str, now_ms: i64) -> Result<bool, StoreError> {
+                let mut tx = self.begin_write().await?;
+                let changed = match from_instance {
+                    Some(from) => sqlx::query("UPDATE jobs SET instance_id = $3, updated_at = $4 WHERE id = $1 AND instance_id = $2")
+                        .bind(id)
+                        .bind(from)
+                        .bind(to_instance)
+                        .bind(now_ms)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected(),
+                    None => sqlx::query("UPDATE jobs SET instance_id = $2, updated_at = $3 WHERE id = $1 AND instance_id IS NULL")
+                        .bind(id)
+                        .bind(to_instance)
+                        .bind(now_ms)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected(),
+                };
+                tx.commit().await?;
+                Ok(changed == 1)
+            }
+
+            async fn job_invoice_dead(&self, payment_hash: &str, now_ms: i64) -> Result<(), StoreError> {
+                let mut tx = self.begin_write().await?;
+                sqlx::query(
+                    "UPDATE jobs SET invoice_dead_at = $2 WHERE invoice_dead_at IS NULL AND \
+                     ((state = 'awaiting_eval_payment' AND eval_hash = $1) OR (state = 'awaiting_work_payment' AND work_hash = $1))",
+                )
+                .bind(payment_hash)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn issued_invoice(&self, payment_hash: &str) -> Result<bool, StoreError> {
+                let found: Option<i64> = sqlx::query_scalar(
+                    "SELECT 1 FROM invoices WHERE payment_hash = $1 \
+                     UNION ALL SELECT 1 FROM jobs WHERE eval_hash = $1 OR work_hash = $1 LIMIT 1",
+                )
+                .bind(payment_hash)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(found.is_some())
+            }
+
+            async fn ping(&self) -> Result<(), StoreError> {
+                self.before_ping()?;
+                let mut tx = self.begin_write().await?;
+                // A write that changes a row: a no-op update may write nothing.
+                sqlx::query(
+                    "INSERT INTO health_probe (id, beats) VALUES (1, 1) \
+                     ON CONFLICT (id) DO UPDATE SET beats = health_probe.beats + 1",
+                )
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
             async fn refund(&self, id: &str) -> Result<Option<RefundRow>, StoreError> {
                 let raw: Option<$crate::common::RefundRaw> =
                     sqlx::query_as(concat!("SELECT ", refund_columns!(), " FROM refunds WHERE id = $1"))
@@ -2140,7 +2292,7 @@ macro_rules! store_impl {
                 if held != 0 {
                     return Err(StoreError::Conflict("requests are in flight; close when they finish".to_owned()));
                 }
-                sqlx::query("UPDATE sessions SET balance_msat = 0, state = 'expired', expires_at = $2, updated_at = $2 WHERE id = $1")
+                sqlx::query("UPDATE sessions SET balance_msat = 0, state = 'closed', expires_at = $2, updated_at = $2 WHERE id = $1")
                     .bind(id)
                     .bind(now_ms)
                     .execute(&mut *tx)

@@ -131,6 +131,10 @@ pub struct IdentityRow {
     pub first_seen_ms: i64,
     /// Last seen, unix ms.
     pub last_seen_ms: i64,
+    /// Distinct UTC days on which it paid for something.
+    pub paid_days: u64,
+    /// The last UTC day it paid for something.
+    pub last_paid_day: Option<i64>,
 }
 
 /// What consuming a login challenge found.

@@ -25,16 +25,51 @@ pub use identity::{
 /// Open the store named by `url`, applying migrations: `sqlite:` URLs open
 /// [`sqlite::SqliteStore`], `postgres:` / `postgresql:` URLs [`postgres::PgStore`].
 pub async fn connect(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    open(url, false).await
+}
+
+/// Open the existing database at `url` without creating or migrating it (a
+/// SQLite file that is not there, or a schema older than this binary's, is
+/// an error): for tools that read a live database.
+pub async fn connect_existing(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    open(url, true).await
+}
+
+async fn open(url: &str, existing: bool) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     if url.starts_with("sqlite:") {
-        Ok(std::sync::Arc::new(
-            sqlite::SqliteStore::connect(url).await?,
-        ))
+        Ok(std::sync::Arc::new(if existing {
+            sqlite::SqliteStore::connect_existing(url).await?
+        } else {
+            sqlite::SqliteStore::connect(url).await?
+        }))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        Ok(std::sync::Arc::new(postgres::PgStore::connect(url).await?))
+        Ok(std::sync::Arc::new(if existing {
+            postgres::PgStore::connect_existing(url).await?
+        } else {
+            postgres::PgStore::connect(url).await?
+        }))
     } else {
         Err(StoreError::Database(
             "unsupported database URL: expected sqlite:, postgres: or postgresql:".to_owned(),
         ))
+    }
+}
+
+/// Refuse a database whose newest applied migration (`applied`, `None`: not
+/// a sluice database) is older than this binary's newest.
+pub(crate) fn require_current_schema(
+    applied: Option<i64>,
+    migrator: &sqlx::migrate::Migrator,
+) -> Result<(), StoreError> {
+    let newest = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+    match applied {
+        Some(v) if v >= newest => Ok(()),
+        Some(v) => Err(StoreError::Database(format!(
+            "the database's schema is at migration {v} and this binary expects {newest}: start `sluice serve` on it once to migrate"
+        ))),
+        None => Err(StoreError::Database(
+            "not a sluice database (no migrations applied)".to_owned(),
+        )),
     }
 }
 
@@ -54,6 +89,17 @@ pub enum StoreError {
     /// The database failed.
     #[error("database error: {0}")]
     Database(String),
+    /// A settlement arrived for a request whose hold was already released
+    /// (past its deadline, or by a peer that took its process for dead): the
+    /// payer got the hold back, and the answer's cost is the operator's loss,
+    /// recorded on the request as uncharged.
+    #[error("request {request_id} was released before it settled; {loss} is the operator's loss")]
+    Released {
+        /// The request.
+        request_id: String,
+        /// The answer's actual cost, which nobody was charged.
+        loss: Msat,
+    },
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -240,6 +286,9 @@ pub struct NewHold {
     /// is updated when the request settles). `None`: the session's identity,
     /// if it was created with one.
     pub pubkey: Option<String>,
+    /// When the hold must have ended, unix ms: any process releases a hold
+    /// still open past it ([`Store::abandoned_holds`]).
+    pub deadline_ms: i64,
 }
 
 /// Outcome of a hold.
@@ -428,12 +477,14 @@ pub struct LedgerReport {
     pub pool: Msat,
     /// Paid out over Lightning (the `lightning:out` account).
     pub paid_out: Msat,
+    /// Routing fees spent by payouts (the `lightning:fees` account).
+    pub fees: Msat,
 }
 
 impl LedgerReport {
     /// The ledger balances and matches the state tables: what was received
     /// plus what was seeded equals balances + held + revenue + jobs held +
-    /// refunds owed + pool + paid out.
+    /// refunds owed + pool + paid out + routing fees.
     pub fn is_consistent(&self) -> bool {
         self.unbalanced.is_empty()
             && !self.pool_mismatch
@@ -448,6 +499,7 @@ impl LedgerReport {
                 .and_then(|v| v.checked_add(self.refunds_owed))
                 .and_then(|v| v.checked_add(self.pool))
                 .and_then(|v| v.checked_add(self.paid_out))
+                .and_then(|v| v.checked_add(self.fees))
                 .ok()
                 == self.received.checked_add(self.seeded).ok()
     }
@@ -456,6 +508,8 @@ impl LedgerReport {
 /// A dev-wallet invoice (the dev wallet keeps its preimages here).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DevInvoiceRow {
+    /// Which side of the dev network issued it: `"gateway"` or `"customer"`.
+    pub issuer: String,
     /// Hex payment hash.
     pub payment_hash: String,
     /// Hex preimage.
@@ -551,6 +605,10 @@ pub struct JobRow {
     pub created_at_ms: i64,
     /// Last change, unix ms.
     pub updated_at_ms: i64,
+    /// The gateway process running (or that last ran) its evaluation or work.
+    pub instance_id: Option<String>,
+    /// When the backend reported the invoice it awaits expired unpaid, unix ms.
+    pub invoice_dead_at_ms: Option<i64>,
 }
 
 /// How an evaluation ended.
@@ -739,8 +797,25 @@ pub trait Store: Send + Sync + 'static {
     async fn retire_instance(&self, instance_id: &str) -> Result<(), StoreError>;
 
     /// Held requests whose gateway instance has not sent a heartbeat since
-    /// `stale_before_ms` (or never did): abandoned by a crash.
-    async fn abandoned_holds(&self, stale_before_ms: i64) -> Result<Vec<RequestRow>, StoreError>;
+    /// `stale_before_ms` (or never did), abandoned by a crash, or whose
+    /// deadline is before `now_ms`: to release. The holds of `own_instance`
+    /// (the caller, alive by definition) are listed only past their deadline:
+    /// a process whose own heartbeats failed (a database outage) must not
+    /// release its live requests' holds.
+    async fn abandoned_holds(
+        &self,
+        stale_before_ms: i64,
+        now_ms: i64,
+        own_instance: &str,
+    ) -> Result<Vec<RequestRow>, StoreError>;
+
+    /// A cheap write that changes a row, to tell whether the database
+    /// accepts writes now (and, for SQLite, that its file is still there).
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Whether this gateway issued an invoice with this payment hash (a
+    /// session's or a job's).
+    async fn issued_invoice(&self, payment_hash: &str) -> Result<bool, StoreError>;
 
     /// Check every ledger transaction balances and every session's stored
     /// balance and held amount equal what the ledger derives.
@@ -765,27 +840,50 @@ pub trait Store: Send + Sync + 'static {
     /// A job by id.
     async fn job(&self, id: &str) -> Result<Option<JobRow>, StoreError>;
 
-    /// Job invoices not paid yet and not expired at `now_ms` (oldest first, at most `limit`).
-    async fn pending_job_invoices(
+    /// Job invoices not paid yet, expired or not, until the backend has said
+    /// they are definitely unpaid ([`Store::job_invoice_dead`]): a payment
+    /// seen after its expiry is still credited (oldest first, at most `limit`).
+    async fn pending_job_invoices(&self, limit: u32) -> Result<Vec<PendingJobInvoice>, StoreError>;
+
+    /// The backend says the invoice a job awaits expired unpaid: stop looking it up.
+    async fn job_invoice_dead(&self, payment_hash: &str, now_ms: i64) -> Result<(), StoreError>;
+
+    /// Jobs evaluating or executing whose gateway process has not sent a
+    /// heartbeat since `stale_before_ms` (or never took them): to resume or fail.
+    async fn orphaned_jobs(&self, stale_before_ms: i64) -> Result<Vec<JobRow>, StoreError>;
+
+    /// Take a job over from `from_instance` (its dead process), conditionally:
+    /// true for the one process that did.
+    async fn adopt_job(
         &self,
+        id: &str,
+        from_instance: Option<&str>,
+        to_instance: &str,
         now_ms: i64,
-        limit: u32,
-    ) -> Result<Vec<PendingJobInvoice>, StoreError>;
+    ) -> Result<bool, StoreError>;
 
     /// A job invoice settled: post `Posting::job_paid` and advance the job
     /// (`awaiting_eval_payment → evaluating` or `awaiting_work_payment → executing`),
-    /// conditionally, in one transaction. Returns the job after; `None` when this
+    /// conditionally, in one transaction, the job now owned by gateway process
+    /// `instance_id` (which runs the next phase). Returns the job after; `None` when this
     /// payment was already recorded (idempotent by payment hash, also across processes).
     /// An unknown hash is [`StoreError::NotFound`].
     async fn job_invoice_paid(
         &self,
         payment_hash: &str,
         preimage_hex: &str,
+        instance_id: &str,
         now_ms: i64,
     ) -> Result<Option<JobRow>, StoreError>;
 
-    /// Count a start of evaluation or work (crash resumes included) and return the count.
-    async fn job_attempt(&self, id: &str, now_ms: i64) -> Result<u32, StoreError>;
+    /// Count a start of evaluation or work (crash resumes included) by gateway
+    /// process `instance_id`, which now owns the job, and return the count.
+    async fn job_attempt(
+        &self,
+        id: &str,
+        instance_id: &str,
+        now_ms: i64,
+    ) -> Result<u32, StoreError>;
 
     /// Record how an evaluation ended, only from `evaluating` (else [`StoreError::Conflict`]):
     /// the evaluation phase is settled (`Posting::job_settle(.., Eval, ..)`: charged in

@@ -37,6 +37,23 @@ impl PgStore {
         Self::connect_with(PgConnectOptions::from_str(url)?, MAX_CONNECTIONS).await
     }
 
+    /// Connect to the existing database at `url` without migrating it: a
+    /// schema older than this binary's is an error (for tools that read a
+    /// live database and must not change it).
+    pub async fn connect_existing(url: &str) -> Result<Self, crate::StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .connect_with(PgConnectOptions::from_str(url)?)
+            .await?;
+        let applied: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
+                .fetch_one(&pool)
+                .await
+                .unwrap_or(None);
+        crate::require_current_schema(applied, &MIGRATOR)?;
+        Ok(PgStore { pool, schema: None })
+    }
+
     /// Connect with explicit options and pool size, then apply migrations.
     pub async fn connect_with(
         options: PgConnectOptions,
@@ -113,6 +130,11 @@ impl PgStore {
             .execute(&self.pool)
             .await?
             .rows_affected())
+    }
+
+    /// Nothing to check before the health probe's write (see the SQLite store's).
+    pub(crate) fn before_ping(&self) -> Result<(), crate::StoreError> {
+        Ok(())
     }
 
     async fn begin_write(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {

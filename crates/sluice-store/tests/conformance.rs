@@ -89,6 +89,14 @@ macro_rules! all_cases {
             scores_decay_after_a_long_absence,
             concurrent_grants_never_overdraw_the_pool,
             upgrading_keeps_the_pool_it_had,
+            a_failed_write_does_not_poison_the_store,
+            a_hold_past_its_deadline_is_released_and_a_late_settle_is_a_recorded_loss,
+            a_job_invoice_paid_after_its_expiry_is_still_credited,
+            a_job_belongs_to_its_process_until_that_process_is_dead,
+            routing_fees_are_on_the_books,
+            a_failed_payout_binds_its_invoice_until_it_expires,
+            paying_days_are_counted_once_a_day,
+            amounts_near_the_i64_boundary_never_wrap,
         );
     };
 }
@@ -131,7 +139,39 @@ mod dispatch {
         let store = sluice_store::connect(&format!("sqlite:{}", path.display()))
             .await
             .unwrap();
-        assert!(store.abandoned_holds(NOW).await.unwrap().is_empty());
+        assert!(
+            store
+                .abandoned_holds(NOW, NOW, "gw")
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    /// A database file removed under a running gateway went unnoticed (SQLite
+    /// writes on to the open handle), and `check-ledger` then created an empty
+    /// database at the path and called it consistent.
+    #[tokio::test]
+    async fn a_removed_database_file_fails_the_health_probe_and_is_never_recreated_by_a_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gone.db");
+        let url = format!("sqlite:{}", path.display());
+        let missing = sluice_store::connect_existing(&url).await;
+        assert!(
+            matches!(&missing, Err(sluice_store::StoreError::Database(m)) if m.contains("no database")),
+            "{:?}",
+            missing.err()
+        );
+        assert!(!path.exists(), "a reader created the file");
+        let store = sluice_store::connect(&url).await.unwrap();
+        store.ping().await.unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let r = store.ping().await;
+        assert!(
+            matches!(&r, Err(sluice_store::StoreError::Database(m)) if m.contains("removed")),
+            "{r:?}"
+        );
+        assert!(sluice_store::connect_existing(&url).await.is_err());
     }
 
     #[tokio::test]

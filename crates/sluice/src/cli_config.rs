@@ -12,9 +12,11 @@ use figment::{
 };
 use sluice_gateway::Config;
 
-const SECTIONS: [&str; 12] = [
+const SECTIONS: [&str; 14] = [
     "l402__",
     "jobs__",
+    "refunds__",
+    "estimates__",
     "identity__",
     "trust__",
     "free_tier__",
@@ -75,8 +77,24 @@ mod tests {
         assert_eq!(cfg.l402.enabled, d.l402.enabled);
         assert_eq!(cfg.l402.valid_secs, d.l402.valid_secs);
         assert_eq!(cfg.l402.prepay, d.l402.prepay);
+        assert_eq!(cfg.server.header_timeout_secs, d.server.header_timeout_secs);
+        assert_eq!(cfg.server.max_connections, d.server.max_connections);
+        assert_eq!(
+            cfg.server.max_connections_per_ip,
+            d.server.max_connections_per_ip
+        );
+        assert_eq!(cfg.oracle.max_move_pct, d.oracle.max_move_pct);
+        assert_eq!(cfg.oracle.max_age_secs, d.oracle.max_age_secs);
+        assert_eq!(cfg.refunds.fee_budget_pct, d.refunds.fee_budget_pct);
+        assert_eq!(
+            cfg.estimates.per_payer_per_hour,
+            d.estimates.per_payer_per_hour
+        );
+        assert_eq!(cfg.trust.rules(), d.trust.rules());
+        assert_eq!(cfg.trust.min_tier_cost_days, d.trust.min_tier_cost_days);
         assert_eq!(cfg.models.len(), 1);
         assert_eq!(cfg.models[0].default_max_tokens, 512);
+        assert_eq!(cfg.models[0].max_duration_secs, 600);
     }
 
     #[test]

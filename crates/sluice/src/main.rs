@@ -120,6 +120,22 @@ enum WalletCommand {
         #[arg(long, env = "SLUICE_GATEWAY", default_value = "http://127.0.0.1:8080")]
         gateway: String,
     },
+    /// Make an invoice of your own dev wallet (to claim a refund with); prints the BOLT11.
+    Invoice {
+        /// Its amount, in sats.
+        sats: u64,
+        /// The gateway running the dev wallet.
+        #[arg(long, env = "SLUICE_GATEWAY", default_value = "http://127.0.0.1:8080")]
+        gateway: String,
+    },
+    /// Whether an invoice of your dev wallet was paid (a refund arrived): pending, paid or expired.
+    Status {
+        /// The invoice's payment hash.
+        payment_hash: String,
+        /// The gateway running the dev wallet.
+        #[arg(long, env = "SLUICE_GATEWAY", default_value = "http://127.0.0.1:8080")]
+        gateway: String,
+    },
 }
 
 fn init_tracing() {
@@ -153,9 +169,14 @@ async fn main() -> anyhow::Result<()> {
             model,
             deposit_sats,
         } => demo::run(prompt, model, deposit_sats).await,
-        Command::Wallet {
-            command: WalletCommand::Pay { bolt11, gateway },
-        } => wallet::pay(&bolt11, &gateway).await,
+        Command::Wallet { command } => match command {
+            WalletCommand::Pay { bolt11, gateway } => wallet::pay(&bolt11, &gateway).await,
+            WalletCommand::Invoice { sats, gateway } => wallet::invoice(sats, &gateway).await,
+            WalletCommand::Status {
+                payment_hash,
+                gateway,
+            } => wallet::status(&payment_hash, &gateway).await,
+        },
         Command::CheckLedger { config } => serve::check_ledger(config).await,
         Command::Identity { command } => match command {
             IdentityCommand::Keygen { out } => identity::keygen(out),

@@ -86,7 +86,7 @@ pub async fn run(
 /// Check the ledger of the configured database; exit non-zero when it does not balance.
 pub async fn check_ledger(config: Option<PathBuf>) -> anyhow::Result<()> {
     let cfg = cli_config::load(config.as_deref())?;
-    let store = sluice_store::connect(&cfg.database.url)
+    let store = sluice_store::connect_existing(&cfg.database.url)
         .await
         .context("could not open the database")?;
     let r = store.check_ledger().await?;
@@ -100,10 +100,12 @@ pub async fn check_ledger(config: Option<PathBuf>) -> anyhow::Result<()> {
     println!("refunds owed:            {} msat", r.refunds_owed.msat());
     println!("generosity pool:         {} msat", r.pool.msat());
     println!("paid out:                {} msat", r.paid_out.msat());
+    println!("routing fees of payouts: {} msat", r.fees.msat());
     if r.is_consistent() {
         println!(
             "OK: every transaction balances; received + seeded = balances + held + revenue + jobs + \
-             refunds owed + pool + paid out; every session, job, refund and the pool match the ledger"
+             refunds owed + pool + paid out + routing fees; every session, job, refund and the pool \
+             match the ledger"
         );
         Ok(())
     } else {

@@ -26,6 +26,8 @@ fn pg_url() -> String {
 struct Gateway {
     child: Child,
     base: String,
+    /// Every log line so far.
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Gateway {
@@ -41,10 +43,13 @@ impl Gateway {
             .unwrap();
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = log.clone();
         // Read the log until the listen line, then keep draining it so the process never blocks.
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                kept.lock().unwrap().push(line.clone());
                 if !sent
                     && let Ok(v) = serde_json::from_str::<Value>(&line)
                     && v["fields"]["message"] == "sluice gateway listening"
@@ -65,7 +70,13 @@ impl Gateway {
         Gateway {
             child,
             base: format!("http://{addr}"),
+            log,
         }
+    }
+
+    /// The whole log so far, one string.
+    fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
     }
 
     fn kill(mut self) {
@@ -382,6 +393,59 @@ async fn wallet_pay_prints_the_preimage_of_a_dev_invoice() {
         .unwrap();
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already paid"));
+
+    // The refund of the closed session, claimed with an invoice of the payer's
+    // own dev wallet (`sluice wallet invoice`), arrives (`sluice wallet status`).
+    let (id, mac) = (
+        v["session_id"].as_str().unwrap(),
+        v["macaroon"].as_str().unwrap(),
+    );
+    let closed: Value = http
+        .post(format!("{}/v1/sessions/{id}/close", a.base))
+        .bearer_auth(mac)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let payout = closed["refund"]["payout_sats"].as_u64().unwrap();
+    let wallet = |args: Vec<String>| {
+        let base = a.base.clone();
+        tokio::task::spawn_blocking(move || {
+            Command::new(BIN)
+                .arg("wallet")
+                .args(args)
+                .args(["--gateway", &base])
+                .output()
+                .unwrap()
+        })
+    };
+    let out = wallet(vec!["invoice".into(), payout.to_string()])
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let invoice = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let r = http
+        .post(format!("{}/v1/sessions/{id}/refund", a.base))
+        .bearer_auth(mac)
+        .json(&json!({"invoice": invoice}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    let paid: Value = r.json().await.unwrap();
+    let out = wallet(vec![
+        "status".into(),
+        paid["payment_hash"].as_str().unwrap().to_owned(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "paid");
     a.stop().await;
 }
 
@@ -640,5 +704,104 @@ async fn the_identity_commands_make_a_key_log_in_and_show_its_standing() {
     let (ok, _, err) = sluice_cmd(&["identity", "me", "--key", bad.to_str().unwrap()]).await;
     assert!(!ok);
     assert!(err.contains("not 64 hex"), "{err}");
+    gw.stop().await;
+}
+
+/// Job ids are the capability for a job's refund and were logged at info (and
+/// in every request's span, as the path). No capability appears in the log,
+/// nor prompts; an upstream's error body does (for the operator), though it
+/// never reaches the client.
+#[tokio::test]
+async fn the_log_has_no_capability_or_prompt_but_has_the_upstreams_errors() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let judge = spawn_fake_openai(FakeBehaviour {
+        reply: r#"{"accepted": true, "reason": "ok"}"#.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite://{}", dir.path().join("log.db").display());
+    let config = write_config(dir.path(), &db_url, &judge.base_url, "");
+    let gw = Gateway::start(&config);
+    let http = reqwest::Client::new();
+    let prompt = "Tell me about the secret-prompt-7f3a of the job";
+    let v: Value = http
+        .post(format!("{}/v1/jobs", gw.base))
+        .json(&json!({"request": prompt}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let job = v["job_id"].as_str().unwrap().to_owned();
+    let pay = |bolt11: String| {
+        http.post(format!("{}/v1/dev/pay", gw.base))
+            .json(&json!({"bolt11": bolt11}))
+            .send()
+    };
+    pay(v["eval_invoice"]["bolt11"].as_str().unwrap().to_owned())
+        .await
+        .unwrap();
+    let mut state = Value::Null;
+    for _ in 0..40 {
+        state = http
+            .get(format!("{}/v1/jobs/{job}?wait=2", gw.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if state["state"] == "awaiting_work_payment" {
+            pay(state["work_invoice"]["bolt11"].as_str().unwrap().to_owned())
+                .await
+                .unwrap();
+        }
+        if state["state"] == "complete" {
+            break;
+        }
+    }
+    assert_eq!(state["state"], "complete", "{state}");
+    let log = gw.log_text();
+    assert!(log.contains("job finished"), "the job's life is logged");
+    assert!(!log.contains(&job), "a job id (a capability) is in the log");
+    assert!(
+        !log.contains("secret-prompt-7f3a"),
+        "a prompt is in the log"
+    );
+    gw.stop().await;
+
+    // An upstream error: its body in the log, never in the answer.
+    let failing = spawn_fake_openai(FakeBehaviour {
+        fail_status: Some(500),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite://{}", dir.path().join("err.db").display());
+    let config = write_config(dir.path(), &db_url, &failing.base_url, "");
+    let gw = Gateway::start(&config);
+    let (_, mac) = new_funded_session(&http, &gw.base, 100).await;
+    let r = http
+        .post(format!("{}/v1/chat/completions", gw.base))
+        .bearer_auth(&mac)
+        .json(&json!({"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    assert!(!r.text().await.unwrap().contains("fake failure"));
+    let mut logged = false;
+    for _ in 0..20 {
+        if gw.log_text().contains("fake failure") {
+            logged = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(logged, "the upstream's error body is not in the log");
     gw.stop().await;
 }

@@ -112,18 +112,29 @@ impl Upstream for AnthropicUpstream {
             .unwrap_or_default()
             .to_owned();
         let resp = self.send(to_messages_request(&call, false)).await?;
-        let v = read_json(resp, self.timeout).await?;
-        let text: String = v
+        let v = read_json(resp, self.timeout, call.answer_byte_cap()).await?;
+        let blocks = v
             .get("content")
             .and_then(Value::as_array)
-            .ok_or_else(|| UpstreamError::Protocol("no content".into()))?
+            .ok_or_else(|| UpstreamError::Protocol("no content".into()))?;
+        let text: String = blocks
             .iter()
             .filter_map(|b| b.get("text").and_then(Value::as_str))
             .collect();
+        // Thinking and tool-use blocks are generated output too.
+        let mut generated = text.clone();
+        for b in blocks {
+            if let Some(t) = b.get("thinking").and_then(Value::as_str) {
+                generated.push_str(t);
+            }
+            if let Some(input) = b.get("input") {
+                generated.push_str(&input.to_string());
+            }
+        }
         let usage = v.get("usage").and_then(|u| {
             Some(TokenUsage {
-                input: u.get("input_tokens")?.as_u64()?,
-                output: u.get("output_tokens")?.as_u64()?,
+                input: super::reported_tokens(u.get("input_tokens")?)?,
+                output: super::reported_tokens(u.get("output_tokens")?)?,
             })
         });
         let finish = finish_reason(v.get("stop_reason").and_then(Value::as_str));
@@ -141,6 +152,8 @@ impl Upstream for AnthropicUpstream {
             response,
             usage,
             text,
+            generated,
+            finish_reason: Some(finish.to_owned()),
         })
     }
 
@@ -171,8 +184,10 @@ impl Upstream for AnthropicUpstream {
                 if st.done {
                     return None;
                 }
+                // Pings and other events without output do not restart the idle clock.
+                let deadline = tokio::time::Instant::now() + idle;
                 loop {
-                    let ev = match tokio::time::timeout(idle, st.events.next()).await {
+                    let ev = match tokio::time::timeout_at(deadline, st.events.next()).await {
                         Err(_) => {
                             st.done = true;
                             return Some((Err(UpstreamError::Timeout), st));
@@ -191,7 +206,7 @@ impl Upstream for AnthropicUpstream {
                         Some("message_start") => {
                             if let Some(n) = v
                                 .pointer("/message/usage/input_tokens")
-                                .and_then(Value::as_u64)
+                                .and_then(super::reported_tokens)
                             {
                                 st.usage.input = n;
                             }
@@ -203,10 +218,21 @@ impl Upstream for AnthropicUpstream {
                                     st,
                                 ));
                             }
+                            // Thinking and tool-use input deltas: metered as reasoning.
+                            let other = v
+                                .pointer("/delta/thinking")
+                                .or_else(|| v.pointer("/delta/partial_json"))
+                                .and_then(Value::as_str);
+                            if let Some(t) = other {
+                                let mut chunk = text_chunk(&id, &model, created, None, None);
+                                chunk["choices"][0]["delta"]["reasoning_content"] = t.into();
+                                return Some((Ok(chunk), st));
+                            }
                         }
                         Some("message_delta") => {
-                            if let Some(n) =
-                                v.pointer("/usage/output_tokens").and_then(Value::as_u64)
+                            if let Some(n) = v
+                                .pointer("/usage/output_tokens")
+                                .and_then(super::reported_tokens)
                             {
                                 st.usage.output = n;
                             }

@@ -134,7 +134,9 @@ impl Upstream for LocalUpstream {
                     return Ok(Completion {
                         response,
                         usage: Some(usage),
+                        generated: text.clone(),
                         text,
+                        finish_reason: Some(fin.to_owned()),
                     });
                 }
                 Piece::Failed(e) => {

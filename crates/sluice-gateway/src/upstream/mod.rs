@@ -24,7 +24,36 @@ pub struct ChatCall {
     pub max_tokens: u64,
 }
 
+/// Bytes a non-streamed answer may take per output token it is allowed
+/// (JSON escaping, tool-call arguments), on top of [`ANSWER_OVERHEAD_BYTES`].
+const ANSWER_BYTES_PER_TOKEN: usize = 64;
+/// Bytes each requested log-probability adds per output token.
+const LOGPROB_BYTES: usize = 160;
+/// Bytes of a non-streamed answer's envelope (ids, usage, metadata).
+const ANSWER_OVERHEAD_BYTES: usize = 64 * 1024;
+
 impl ChatCall {
+    /// The most bytes a non-streamed answer to this call may take: twice the
+    /// output limit's worth. An upstream that ignores its limit cannot make
+    /// the gateway buffer (and a client receive) more than that.
+    pub fn answer_byte_cap(&self) -> usize {
+        let logprobs = self.body.get("logprobs").and_then(Value::as_bool) == Some(true);
+        let top = self
+            .body
+            .get("top_logprobs")
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+            .min(20) as usize;
+        let per_token = ANSWER_BYTES_PER_TOKEN
+            + if logprobs {
+                (1 + top) * LOGPROB_BYTES
+            } else {
+                0
+            };
+        let tokens = usize::try_from(self.max_tokens.saturating_mul(2)).unwrap_or(usize::MAX);
+        ANSWER_OVERHEAD_BYTES.saturating_add(tokens.saturating_mul(per_token))
+    }
+
     /// The upstream's model name, as set in the body.
     pub fn model(&self) -> String {
         self.body
@@ -52,20 +81,59 @@ pub(crate) async fn send(
             }
         })?;
     if !resp.status().is_success() {
-        return Err(UpstreamError::Status(resp.status().as_u16()));
+        let status = resp.status().as_u16();
+        // For the operator (never relayed to the client: it may hold internals).
+        let body = tokio::time::timeout(timeout, resp.bytes())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map(|b| String::from_utf8_lossy(&b[..b.len().min(ERROR_BODY_LOGGED)]).into_owned())
+            .unwrap_or_default();
+        tracing::warn!(status, body = %body.escape_debug(), "the upstream answered an error");
+        return Err(UpstreamError::Status(status));
     }
     Ok(resp)
 }
 
-/// The JSON body of an answer, read within `timeout`.
+/// How much of an upstream's error body the log keeps.
+const ERROR_BODY_LOGGED: usize = 512;
+
+/// The JSON body of an answer, read within `timeout` and refused past
+/// `max_bytes` (see [`ChatCall::answer_byte_cap`]).
 pub(crate) async fn read_json(
-    resp: reqwest::Response,
+    mut resp: reqwest::Response,
     timeout: std::time::Duration,
+    max_bytes: usize,
 ) -> Result<Value, UpstreamError> {
-    tokio::time::timeout(timeout, resp.json())
+    let too_large = || {
+        UpstreamError::Protocol(format!(
+            "the answer is larger than its output limit allows ({max_bytes} bytes)"
+        ))
+    };
+    if resp
+        .content_length()
+        .is_some_and(|n| usize::try_from(n).map_or(true, |n| n > max_bytes))
+    {
+        return Err(too_large());
+    }
+    let read = async move {
+        let mut body = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| UpstreamError::Unreachable(redact(&e)))?
+        {
+            if body.len().saturating_add(chunk.len()) > max_bytes {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        serde_json::from_slice::<Value>(&body)
+            .map_err(|e| UpstreamError::Protocol(format!("invalid JSON: {e}")))
+    };
+    tokio::time::timeout(timeout, read)
         .await
         .map_err(|_| UpstreamError::Timeout)?
-        .map_err(|e| UpstreamError::Protocol(format!("invalid JSON: {}", redact(&e))))
 }
 
 /// A reqwest error without its URL (which may carry credentials).
@@ -88,8 +156,13 @@ pub struct Completion {
     pub response: Value,
     /// Token counts, when the upstream reported them.
     pub usage: Option<TokenUsage>,
-    /// The answer text (to count tokens when `usage` is missing).
+    /// The answer's content (the job result, the demo answer).
     pub text: String,
+    /// Everything generated (content, reasoning, refusal, tool-call names and
+    /// arguments): what is counted when `usage` is missing.
+    pub generated: String,
+    /// Why generation stopped (`"length"`: the output limit cut it).
+    pub finish_reason: Option<String>,
 }
 
 /// Why an upstream call failed.
@@ -133,26 +206,93 @@ pub trait Upstream: Send + Sync {
     async fn stream(&self, call: ChatCall) -> Result<ChunkStream, UpstreamError>;
 }
 
+/// The most tokens an upstream's report is taken at: more than any answer,
+/// and small enough that every sum and stored count stays exact.
+pub const MAX_REPORTED_TOKENS: u64 = 1 << 40;
+
+/// A token count from an upstream's usage report (a non-negative integer),
+/// capped at [`MAX_REPORTED_TOKENS`]: an absurd count is charged the hold,
+/// never fails the settlement.
+pub fn reported_tokens(v: &Value) -> Option<u64> {
+    v.as_u64().map(|n| n.min(MAX_REPORTED_TOKENS))
+}
+
 /// Usage from an OpenAI-shaped `usage` object.
 pub fn usage_of(v: &Value) -> Option<TokenUsage> {
     let u = v.get("usage")?;
     Some(TokenUsage {
-        input: u.get("prompt_tokens")?.as_u64()?,
-        output: u.get("completion_tokens")?.as_u64()?,
+        input: reported_tokens(u.get("prompt_tokens")?)?,
+        output: reported_tokens(u.get("completion_tokens")?)?,
     })
 }
 
-/// Text content of a chunk's deltas (all choices).
+/// Everything a model generated in one message or delta: its content, its
+/// reasoning, a refusal, an audio transcript, legacy `text`, and the names
+/// and arguments (or custom input) of tool calls. All of it is output the
+/// upstream bills, so all of it is metered. Reasoning sent under several
+/// names at once (OpenRouter sends `reasoning` and `reasoning_details`) is
+/// counted once, by its longest form; signatures, encrypted reasoning and
+/// annotations are not generated text.
+pub fn generated_text(message: &Value, out: &mut String) {
+    fn str_at<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+        v.get(key).and_then(Value::as_str)
+    }
+    for key in ["content", "refusal", "text"] {
+        out.extend(str_at(message, key));
+    }
+    out.extend(message.get("audio").and_then(|a| str_at(a, "transcript")));
+    let details: String = message
+        .get("reasoning_details")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|d| str_at(d, "text").or_else(|| str_at(d, "summary")))
+        .collect();
+    let reasoning = ["reasoning_content", "reasoning", "thinking"]
+        .iter()
+        .filter_map(|k| str_at(message, k))
+        .chain(std::iter::once(details.as_str()))
+        .max_by_key(|t| t.len())
+        .unwrap_or_default();
+    out.push_str(reasoning);
+    let calls = message.get("tool_calls").and_then(Value::as_array);
+    for call in calls.into_iter().flatten() {
+        for f in [call.get("function"), call.get("custom")]
+            .into_iter()
+            .flatten()
+        {
+            for key in ["name", "arguments", "input"] {
+                out.extend(str_at(f, key));
+            }
+        }
+    }
+    if let Some(f) = message.get("function_call") {
+        for key in ["name", "arguments"] {
+            out.extend(str_at(f, key));
+        }
+    }
+}
+
+/// Everything generated in a chunk's deltas (all choices).
 pub fn chunk_text(v: &Value) -> String {
     let mut s = String::new();
     if let Some(choices) = v.get("choices").and_then(Value::as_array) {
         for c in choices {
-            if let Some(t) = c.pointer("/delta/content").and_then(Value::as_str) {
-                s.push_str(t);
+            if let Some(d) = c.get("delta") {
+                generated_text(d, &mut s);
             }
         }
     }
     s
+}
+
+/// The first finish reason in a chunk or response, if any.
+pub fn finish_reason_of(v: &Value) -> Option<String> {
+    v.get("choices")
+        .and_then(Value::as_array)?
+        .iter()
+        .find_map(|c| c.get("finish_reason").and_then(Value::as_str))
+        .map(str::to_owned)
 }
 
 /// A fresh id for synthesised completions.
@@ -209,4 +349,49 @@ pub fn completion_object(
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
         "usage": {"prompt_tokens": usage.input, "completion_tokens": usage.output, "total_tokens": usage.input + usage.output},
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Output in `delta.audio.transcript`, `thinking` or `text` was relayed
+    /// but metered as nothing; reasoning sent twice must not count twice.
+    #[test]
+    fn every_generated_string_is_metered_once_and_labels_are_not() {
+        let mut out = String::new();
+        generated_text(
+            &json!({"role": "assistant", "content": "a", "thinking": "b", "text": "c",
+                    "audio": {"id": "audio_1", "transcript": "d", "data": "QUJD"},
+                    "tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                    "function": {"name": "e", "arguments": "f"}}]}),
+            &mut out,
+        );
+        let mut letters: Vec<char> = out.chars().collect();
+        letters.sort_unstable();
+        assert_eq!(letters.into_iter().collect::<String>(), "abcdef");
+        let mut out = String::new();
+        generated_text(
+            &json!({"reasoning": "think", "reasoning_details": [{"type": "reasoning.text", "text": "think", "signature": "sig"},
+                                                              {"type": "reasoning.encrypted", "data": "opaque"}]}),
+            &mut out,
+        );
+        assert_eq!(out, "think");
+    }
+
+    #[test]
+    fn a_non_streamed_answer_may_take_twice_its_limit_in_bytes() {
+        let call = |body: serde_json::Value, max_tokens| ChatCall {
+            body: body.as_object().unwrap().clone(),
+            messages: vec![],
+            max_tokens,
+        };
+        let plain = call(json!({}), 100).answer_byte_cap();
+        assert_eq!(plain, ANSWER_OVERHEAD_BYTES + 200 * ANSWER_BYTES_PER_TOKEN);
+        let with_logprobs =
+            call(json!({"logprobs": true, "top_logprobs": 5}), 100).answer_byte_cap();
+        assert!(with_logprobs > plain + 200 * 5 * LOGPROB_BYTES);
+        assert!(call(json!({}), u64::MAX).answer_byte_cap() == usize::MAX);
+    }
 }

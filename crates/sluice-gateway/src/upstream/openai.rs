@@ -10,7 +10,8 @@ use futures::StreamExt;
 use serde_json::Value;
 
 use super::{
-    ChatCall, ChunkStream, Completion, Upstream, UpstreamError, read_json, send, usage_of,
+    ChatCall, ChunkStream, Completion, Upstream, UpstreamError, finish_reason_of, generated_text,
+    read_json, send, usage_of,
 };
 use crate::config::Secret;
 
@@ -56,24 +57,35 @@ impl OpenAiUpstream {
 #[async_trait]
 impl Upstream for OpenAiUpstream {
     async fn complete(&self, call: ChatCall) -> Result<Completion, UpstreamError> {
+        let cap = call.answer_byte_cap();
         let mut body = call.body;
         body.insert("stream".into(), Value::Bool(false));
         body.remove("stream_options");
         let resp = self.send(&body).await?;
-        let v = read_json(resp, self.timeout).await?;
+        let mut v = read_json(resp, self.timeout, cap).await?;
+        // One answer per request (`n` is refused): choices beyond the first,
+        // from an upstream that ignored that, are neither relayed nor paid for.
         let choices = v
-            .get("choices")
-            .and_then(Value::as_array)
+            .get_mut("choices")
+            .and_then(Value::as_array_mut)
             .ok_or_else(|| UpstreamError::Protocol("no choices".into()))?;
+        choices.truncate(1);
+        let choices = &*choices;
         let text = choices
             .iter()
             .filter_map(|c| c.pointer("/message/content").and_then(Value::as_str))
             .collect::<Vec<_>>()
             .join("");
+        let mut generated = String::new();
+        for m in choices.iter().filter_map(|c| c.get("message")) {
+            generated_text(m, &mut generated);
+        }
         Ok(Completion {
             usage: usage_of(&v),
+            finish_reason: finish_reason_of(&v),
             response: v,
             text,
+            generated,
         })
     }
 
@@ -89,8 +101,10 @@ impl Upstream for OpenAiUpstream {
         let events = resp.bytes_stream().eventsource();
         let s = futures::stream::unfold(Some(events), move |state| async move {
             let mut events = state?;
+            // Empty `data:` events (keep-alives) do not restart the idle clock.
+            let deadline = tokio::time::Instant::now() + idle;
             loop {
-                match tokio::time::timeout(idle, events.next()).await {
+                match tokio::time::timeout_at(deadline, events.next()).await {
                     Err(_) => return Some((Err(UpstreamError::Timeout), None)),
                     Ok(None) => return None,
                     Ok(Some(Err(e))) => {
@@ -111,7 +125,13 @@ impl Upstream for OpenAiUpstream {
                                 )),
                                 None,
                             )),
-                            Ok(v) => Some((Ok(v), Some(events))),
+                            Ok(v) if v.is_object() => Some((Ok(v), Some(events))),
+                            Ok(_) => Some((
+                                Err(UpstreamError::Protocol(
+                                    "a chunk that is not an object".into(),
+                                )),
+                                None,
+                            )),
                             Err(e) => Some((
                                 Err(UpstreamError::Protocol(format!("bad chunk: {e}"))),
                                 None,

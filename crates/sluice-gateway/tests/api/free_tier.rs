@@ -14,27 +14,33 @@ fn chat_body(max_tokens: u64) -> Value {
     json!({"model": "fake-model", "messages": user("hi"), "max_tokens": max_tokens})
 }
 
-/// Make `keys` established by paying history recorded directly in the store.
+/// Make `keys` established by paying history recorded directly in the store:
+/// the default threshold (2,000 sats) over two distinct days.
 async fn establish(app: &TestApp, keys: &Keys) {
     let trust = app.state.free.accounting.trust;
-    app.state
-        .store
-        .record_interaction(
-            &keys.public_hex(),
-            Interaction::Paid {
-                paid: Msat::from_sats(1_000).unwrap(),
-            },
-            &trust,
-            sluice_gateway::state::now_ms(),
-        )
-        .await
-        .unwrap();
+    let now = sluice_gateway::state::now_ms();
+    for at in [now - sluice_core::DAY_MS, now] {
+        app.state
+            .store
+            .record_interaction(
+                &keys.public_hex(),
+                Interaction::Paid {
+                    paid: Msat::from_sats(1_000).unwrap(),
+                },
+                &trust,
+                at,
+            )
+            .await
+            .unwrap();
+    }
 }
 
 #[tokio::test]
 async fn a_new_identity_pays_earns_a_tier_then_gets_free_and_partly_free_answers() {
     let app = TestApp::spawn_with(Db::Sqlite, Default::default(), |c| {
-        c.trust.established = 3; // three paid answers
+        c.trust.established = 3; // three paid answers of 1.8 sats (one point each)
+        c.trust.established_days = 1;
+        c.trust.min_tier_cost_days = 1; // 3 sats of standing for a 3-sat daily allowance
         c.free_tier.allowance_established_sats = 3;
     })
     .await;
@@ -178,6 +184,7 @@ async fn pool_holds_under_concurrent_free_requests(db: Db) {
         c.free_tier.pool_seed_sats = 20;
         c.free_tier.allowance_established_sats = 4;
         c.server.public_rate_per_minute = 0;
+        c.server.max_connections_per_ip = 1024;
     })
     .await;
     let allowance = 4_000u64;
@@ -505,6 +512,32 @@ async fn a_free_streamed_answer_carries_the_free_tier_in_its_last_chunk() {
     assert_eq!(v["absorbed_msat"], 4 * 100 + 7 * 200);
     assert_eq!(v["usage"]["cost_msat"], 0);
     assert_eq!(v["sluice"]["tier"], "established");
+    app.assert_ledger_consistent().await;
+    app.stop().await;
+}
+
+/// A demo answer without usage was metered on its content alone: tool-call
+/// output (or reasoning) the pool paid the upstream for was counted as nothing.
+#[tokio::test]
+async fn a_demo_answer_meters_everything_generated() {
+    let app = TestApp::spawn_with(
+        Db::Sqlite,
+        sluice_gateway::testing::FakeBehaviour {
+            tool_calls: true,
+            report_usage: false,
+            ..Default::default()
+        },
+        |_| {},
+    )
+    .await;
+    let r = app.get("/v1/demo?request=hi", None).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.unwrap();
+    assert!(
+        v["usage"]["completion_tokens"].as_u64().unwrap() > 0,
+        "tool-call arguments are output: {v}"
+    );
+    assert_eq!(v["absorbed_msat"], v["cost_msat"]);
     app.assert_ledger_consistent().await;
     app.stop().await;
 }

@@ -58,6 +58,8 @@ pub fn fake_model(base_url: &str) -> ModelConfig {
         tokenizer: Default::default(),
         timeout_secs: 5,
         idle_timeout_secs: 2,
+        max_duration_secs: 30,
+        output_limit_field: Default::default(),
     }
 }
 
@@ -152,6 +154,23 @@ impl TestApp {
         }
     }
 
+    /// Begin shutting down, as SIGTERM does, without waiting for it.
+    pub fn begin_stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// Run SQL on the SQLite file of a `Db::Sqlite` app behind the store's
+    /// back, on a connection of its own (to inject faults).
+    pub async fn sqlite_exec(&self, sql: &str) {
+        let url = format!("sqlite://{}", self._dir.path().join("t.db").display());
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -186,6 +205,31 @@ impl TestApp {
         )
     }
 
+    /// An invoice of the payer's own dev wallet (its customer side) for
+    /// `sats`, to claim a refund with: (bolt11, payment hash).
+    pub async fn customer_invoice(&self, sats: u64) -> (String, String) {
+        let r = self
+            .post("/v1/dev/invoice", json!({"amount_sats": sats}), None)
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let v: Value = r.json().await.unwrap();
+        (
+            v["bolt11"].as_str().unwrap().into(),
+            v["payment_hash"].as_str().unwrap().into(),
+        )
+    }
+
+    /// Whether the payer's dev invoice `hash` was paid (a refund reached them).
+    pub async fn customer_paid(&self, hash: &str) -> bool {
+        let v: Value = self
+            .get(&format!("/v1/dev/invoices/{hash}"), None)
+            .await
+            .json()
+            .await
+            .unwrap();
+        v["state"] == "paid"
+    }
+
     pub async fn pay(&self, bolt11: &str) -> Value {
         let r = self
             .post("/v1/dev/pay", json!({"bolt11": bolt11}), None)
@@ -213,9 +257,10 @@ impl TestApp {
         self.post("/v1/chat/completions", body, Some(mac)).await
     }
 
-    pub async fn assert_ledger_consistent(&self) {
+    pub async fn assert_ledger_consistent(&self) -> sluice_store::LedgerReport {
         let r = self.state.store.check_ledger().await.unwrap();
         assert!(r.is_consistent(), "ledger inconsistent: {r:?}");
+        r
     }
 
     /// Long-poll a job until it reaches `state` (bounded); its JSON then.

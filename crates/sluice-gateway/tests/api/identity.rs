@@ -314,17 +314,17 @@ async fn an_elite_identity_vouches_and_the_vouchee_rises_one_tier() {
     let elite = Keys::generate();
     let newbie = Keys::generate();
     let now = sluice_gateway::state::now_ms();
-    // Earn elite standing by paying (200 points at 20 a go).
-    for _ in 0..10 {
+    // Earn elite standing by paying: 42,000 sats over the last 14 days.
+    for day in (0..14).rev() {
         app.state
             .store
             .record_interaction(
                 &elite.public_hex(),
                 Interaction::Paid {
-                    paid: sluice_core::Msat::from_sats(5_000).unwrap(),
+                    paid: sluice_core::Msat::from_sats(3_000).unwrap(),
                 },
                 &trust,
-                now,
+                now - day * sluice_core::DAY_MS,
             )
             .await
             .unwrap();

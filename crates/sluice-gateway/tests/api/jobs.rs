@@ -78,16 +78,13 @@ async fn a_job_runs_eval_then_work_then_refunds_the_overpayment_once() {
         "refunds round down; the rest goes to the pool"
     );
 
-    // The payer claims with an invoice of their own. The dev wallet pays only its own
-    // invoices, so the payer uses a session deposit invoice: the refund tops it up.
-    let wrong = app
-        .post("/v1/sessions", json!({"amount_sats": payout + 1}), None)
-        .await;
-    let wrong: Value = wrong.json().await.unwrap();
+    // The payer claims with an invoice of their own wallet (the dev wallet's
+    // customer side). One for more than the refund is refused.
+    let (wrong, _) = app.customer_invoice(payout + 1).await;
     let r = app
         .post(
             &format!("/v1/jobs/{id}/refund"),
-            json!({"invoice": wrong["invoice"]["bolt11"]}),
+            json!({"invoice": wrong}),
             None,
         )
         .await;
@@ -95,7 +92,20 @@ async fn a_job_runs_eval_then_work_then_refunds_the_overpayment_once() {
         error_code(r).await,
         (StatusCode::BAD_REQUEST, "wrong_amount".into())
     );
-    let (sid, mac, bolt11) = app.new_session(payout).await;
+    // One of the gateway's own invoices is refused: a refund is not paid back into it.
+    let (_, _, ours) = app.new_session(payout).await;
+    let r = app
+        .post(
+            &format!("/v1/jobs/{id}/refund"),
+            json!({"invoice": ours}),
+            None,
+        )
+        .await;
+    assert_eq!(
+        error_code(r).await,
+        (StatusCode::BAD_REQUEST, "invoice_is_ours".into())
+    );
+    let (bolt11, customer_hash) = app.customer_invoice(payout).await;
     let r = app
         .post(
             &format!("/v1/jobs/{id}/refund"),
@@ -107,13 +117,14 @@ async fn a_job_runs_eval_then_work_then_refunds_the_overpayment_once() {
     let paid: Value = r.json().await.unwrap();
     assert_eq!(paid["state"], "claimed");
     let hash = paid["payment_hash"].as_str().unwrap().to_owned();
-    app.eventually("the refund to reach the session", || async {
-        app.session(&sid, &mac).await["balance_msat"] == payout * 1000
-    })
-    .await;
+    assert_eq!(hash, customer_hash);
+    assert!(
+        app.customer_paid(&hash).await,
+        "the refund reached the payer's wallet"
+    );
 
     // A second claim is refused with the original payment hash.
-    let (_, _, other) = app.new_session(payout).await;
+    let (other, _) = app.customer_invoice(payout).await;
     let r = app
         .post(
             &format!("/v1/jobs/{id}/refund"),
@@ -154,8 +165,7 @@ async fn a_rejected_job_keeps_its_fee_and_asks_for_no_work() {
     assert_eq!(v["reason"], "not something I do");
     assert!(v.get("work_invoice").is_none());
     assert!(v.get("refund").is_none());
-    let report = app.state.store.check_ledger().await.unwrap();
-    assert!(report.is_consistent(), "{report:?}");
+    let report = app.assert_ledger_consistent().await;
     // The evaluation fee is earned; 10% of it feeds the generosity pool.
     assert_eq!(report.revenue.msat(), 9_000);
     assert_eq!(report.pool.msat() - report.seeded.msat(), 1_000);
@@ -215,6 +225,9 @@ async fn job_requests_are_validated_with_distinct_errors() {
     app.stop().await;
 }
 
+/// A gateway starting while another ran a long job failed it after 20 s of
+/// quiet (`updated_at` is written once per attempt): jobs belong to the
+/// process running them, and are taken over only once it is dead.
 #[tokio::test]
 async fn work_interrupted_by_a_restart_is_failed_and_refunded() {
     // The work upstream hangs, as a crashed gateway's would never answer.
@@ -242,12 +255,42 @@ async fn work_interrupted_by_a_restart_is_failed_and_refunded() {
     let job = app
         .state
         .store
-        .job_invoice_paid(hash, &"11".repeat(32), sluice_gateway::state::now_ms())
+        .job_invoice_paid(
+            hash,
+            &"11".repeat(32),
+            "gw-test",
+            sluice_gateway::state::now_ms(),
+        )
         .await
         .unwrap();
     assert_eq!(job.unwrap().state, sluice_core::JobState::Executing);
+    // This (live) process runs it: however quiet, no reconciler touches it.
+    let now = sluice_gateway::state::now_ms();
+    app.state
+        .store
+        .job_attempt(&id, &app.state.instance_id, now)
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    // The next start finds it quiet in `executing`: failed, the whole work payment refunded.
+    sluice_gateway::jobs::reconcile(&app.state).await;
+    let v: Value = app
+        .get(&format!("/v1/jobs/{id}"), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        v["state"], "executing",
+        "a live process's long work is not failed"
+    );
+    // The process running it dies (it never beats again).
+    app.state
+        .store
+        .job_attempt(&id, "gw_dead", now)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // The next start finds it orphaned in `executing`: failed, the whole work payment refunded.
     sluice_gateway::jobs::resume_at_start(&app.state).await;
     let v: Value = app
         .get(&format!("/v1/jobs/{id}"), None)

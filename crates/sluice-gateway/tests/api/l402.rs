@@ -117,8 +117,7 @@ async fn a_client_pays_the_challenge_and_reuses_then_tops_up_its_token() {
     // Either credential spends the one balance.
     let r = chat_l402(&app, "L402", &mac, &preimage, body(10)).await;
     assert_eq!(r.status(), StatusCode::OK);
-    app.assert_ledger_consistent().await;
-    let report = app.state.store.check_ledger().await.unwrap();
+    let report = app.assert_ledger_consistent().await;
     assert_eq!(report.held.msat(), 0);
     app.stop().await;
 }
@@ -191,6 +190,47 @@ async fn forged_revoked_narrowed_and_expired_tokens_are_refused() {
         error_code(r).await,
         (StatusCode::UNAUTHORIZED, "invalid_credential".into())
     );
+    app.assert_ledger_consistent().await;
+    app.stop().await;
+}
+
+/// A delegate holding a model-restricted L402 credential asked for a top-up
+/// and got a fresh, unrestricted macaroon for the whole token.
+#[tokio::test]
+async fn a_restricted_credential_tops_up_without_getting_a_wider_one() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let r = app.post("/v1/chat/completions", body(10), None).await;
+    let (mac, bolt11) = challenge(&r);
+    let preimage = app.pay(&bolt11).await["preimage"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let narrowed = Macaroon::from_base64(&mac)
+        .unwrap()
+        .with_first_party_caveat(&models_caveat(&["fake-model"]).unwrap())
+        .to_base64();
+    // Spend what the token holds, then ask for more than is left.
+    let r = chat_l402(&app, "L402", &narrowed, &preimage, body(10)).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = chat_l402(&app, "L402", &narrowed, &preimage, body(100)).await;
+    assert_eq!(r.status(), StatusCode::PAYMENT_REQUIRED);
+    assert!(
+        r.headers().get("www-authenticate").is_none(),
+        "no new macaroon for a restricted credential: {:?}",
+        r.headers()
+    );
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "payment_required");
+    assert!(v["l402"].get("macaroon").is_none(), "{v}");
+    let top_up = v["l402"]["invoice"]["bolt11"].as_str().unwrap().to_owned();
+    app.pay(&top_up).await;
+    // The delegate goes on with the credential it has.
+    let r = chat_l402(&app, "L402", &narrowed, &preimage, body(100)).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    // An unrestricted credential still gets a macaroon for its top-up.
+    let r = chat_l402(&app, "L402", &mac, &preimage, body(1000)).await;
+    assert_eq!(r.status(), StatusCode::PAYMENT_REQUIRED);
+    challenge(&r);
     app.assert_ledger_consistent().await;
     app.stop().await;
 }

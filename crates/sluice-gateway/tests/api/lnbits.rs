@@ -108,7 +108,10 @@ async fn a_session_paid_from_another_lnbits_wallet_is_credited_by_webhook() {
     .await;
     let h: Value = app.get("/healthz", None).await.json().await.unwrap();
     assert_eq!(
-        (h["lightning"].as_str(), h["real_money"].as_bool()),
+        (
+            h["lightning"]["backend"].as_str(),
+            h["real_money"].as_bool()
+        ),
         (Some("lnbits"), Some(true))
     );
     // The dev wallet's endpoint is not mounted with a real backend.
@@ -244,10 +247,33 @@ async fn a_job_runs_eval_work_result_and_refund_claim_on_lnbits() {
     let payout = v["refund"]["payout_sats"].as_u64().unwrap();
     assert!(payout > 0);
 
+    // LNbits reserves max(2 sats, 1 %) for routing on every payment: the
+    // claimant's invoice must leave at least that (it is the claimant's fee).
+    assert_eq!(v["refund"]["fee_budget_min_msat"], 2_000, "{v}");
+    let too_big = payer_wallet
+        .create_invoice(
+            Msat::from_sats(payout).unwrap(),
+            "sluice refund",
+            Duration::from_secs(600),
+        )
+        .await
+        .unwrap();
+    let r = app
+        .post(
+            &format!("/v1/jobs/{id}/refund"),
+            json!({"invoice": too_big.bolt11}),
+            None,
+        )
+        .await;
+    assert_eq!(
+        r.status(),
+        400,
+        "LNbits would refuse to pay it: its reserve does not fit"
+    );
     // The payer's wallet makes the refund invoice; sluice pays it from its LNbits wallet.
     let refund_invoice = payer_wallet
         .create_invoice(
-            Msat::from_sats(payout).unwrap(),
+            Msat::from_sats(payout - 2).unwrap(),
             "sluice refund",
             Duration::from_secs(600),
         )

@@ -155,6 +155,8 @@ async fn the_http_oracle_caches_times_out_and_falls_back() {
             ttl,
             Duration::from_millis(300),
             fallback,
+            20,
+            Duration::from_secs(900),
         )
     };
 
@@ -185,4 +187,71 @@ async fn the_http_oracle_caches_times_out_and_falls_back() {
         "the timeout bounds a slow source"
     );
     let _ = user("unused");
+}
+
+/// A glitched quote ten times too high made every request cost one sat: no
+/// plausibility check, and no staleness bound on the fallback.
+#[tokio::test]
+async fn an_implausible_btc_quote_is_refused_and_a_stale_price_is_reported() {
+    let calls = Arc::new(AtomicU64::new(0));
+    let c = calls.clone();
+    let url = serve(Router::new().route(
+        "/price",
+        get(move || {
+            let n = c.fetch_add(1, Ordering::SeqCst);
+            async move {
+                // Good, then a glitch ten times too high, then a real 10 % move.
+                let usd = match n {
+                    0 => 100_000.0,
+                    1 => 1_000_000.0,
+                    _ => 110_000.0,
+                };
+                Json(json!({"bitcoin": {"usd": usd}}))
+            }
+        }),
+    ))
+    .await;
+    let fallback = sluice_core::BtcUsd::new(UsdMicros::from_dollars(95_000).unwrap()).unwrap();
+    let oracle = HttpOracle::new(
+        format!("{url}/price"),
+        "/bitcoin/usd".into(),
+        Duration::ZERO,
+        Duration::from_millis(500),
+        fallback,
+        20,
+        Duration::from_millis(300),
+    );
+    let dollars = |p: sluice_core::BtcUsd| p.micros() / 1_000_000;
+    let (p, src) = oracle.btc_usd().await;
+    assert_eq!((dollars(p), src), (100_000, PriceSource::Live));
+    let (p, src) = oracle.btc_usd().await;
+    assert_eq!(
+        (dollars(p), src),
+        (100_000, PriceSource::LastGood),
+        "the glitch is refused and the last good price kept"
+    );
+    assert!(!oracle.status().stale);
+    let (p, src) = oracle.btc_usd().await;
+    assert_eq!(
+        (dollars(p), src),
+        (110_000, PriceSource::Live),
+        "a real move is taken"
+    );
+    // The source goes quiet beyond max_age: the price in use is reported stale.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let s = oracle.status();
+    assert!(s.stale && s.age.is_some(), "{s:?}");
+    assert_eq!(s.source, PriceSource::LastGood);
+    // Never a good quote: the fallback, stale from the start.
+    let never = HttpOracle::new(
+        format!("{url}/nothing-here"),
+        "/bitcoin/usd".into(),
+        Duration::ZERO,
+        Duration::from_millis(300),
+        fallback,
+        20,
+        Duration::from_secs(900),
+    );
+    assert_eq!(never.btc_usd().await, (fallback, PriceSource::Fallback));
+    assert!(never.status().stale);
 }

@@ -1,13 +1,13 @@
-//! Core Lightning under the conformance suite, against a **recorded-response
-//! fake** (`cln_recorded_fake`): no CLN binary runs here, so an axum server
+//! Core Lightning under the conformance suite, against a **sample-response
+//! fake** (`cln_sample_fake`): no CLN binary runs here, so an axum server
 //! answers clnrest's `POST /v1/<method>` with bodies shaped exactly like the
-//! samples in `recorded/cln/` (mostly CLN's own documented examples; see
-//! `recorded/README.md`), backed by a [`FakeNetwork`] of two nodes: the
+//! samples in `samples/cln/` (mostly CLN's own documented examples, which its
+//! example generator captured on regtest; see `samples/README.md`), backed by a [`FakeNetwork`] of two nodes: the
 //! receiver that sluice's [`Cln`] drives, and a funded payer driven by a
 //! second [`Cln`]. Like CLN, the fake's `pay` replays an earlier success for
 //! an invoice already paid.
 //!
-//! Backend-specific tests: parsing recorded responses verbatim, recorded
+//! Backend-specific tests: parsing sample responses verbatim, the sample
 //! `pay` errors, `maxfee` and `retry_for` passed through, the rune header, a
 //! wrong rune, a silent node.
 
@@ -26,9 +26,9 @@ use sluice_lightning::{
     InvoiceStatus, Lightning, LightningError, Payment, PaymentHash, PaymentStatus, Preimage,
 };
 
-use crate::recorded_fake::{
+use crate::sample_fake::{
     FakeInvoice, FakeNetwork, NodeId, OutPayment, PayFailure, ROUTE_FEE_MSAT, Replay, as_u64, fill,
-    invoice_for_hash, json_response, recorded_json, replay, serve, silent_server,
+    invoice_for_hash, json_response, replay, sample_json, serve, silent_server,
 };
 use crate::suite::{AMOUNT, Fixture};
 
@@ -54,7 +54,7 @@ fn rpc_error(status: StatusCode, sample: &str, code: i64, message: &str) -> Resp
     json_response(
         status,
         &fill(
-            recorded_json(sample),
+            sample_json(sample),
             &[("code", json!(code)), ("message", json!(message))],
         ),
     )
@@ -88,7 +88,7 @@ impl ClnFake {
     fn listed_invoice(&self, inv: &FakeInvoice) -> Value {
         match inv.paid {
             Some(paid) => fill(
-                recorded_json("cln/listinvoices_paid.json")["invoices"][0].clone(),
+                sample_json("cln/listinvoices_paid.json")["invoices"][0].clone(),
                 &[
                     ("label", json!(inv.label)),
                     ("bolt11", json!(inv.bolt11)),
@@ -106,7 +106,7 @@ impl ClnFake {
                 ],
             ),
             None => fill(
-                recorded_json("cln/listinvoices_unpaid.json")["invoices"][0].clone(),
+                sample_json("cln/listinvoices_unpaid.json")["invoices"][0].clone(),
                 &[
                     ("label", json!(inv.label)),
                     ("bolt11", json!(inv.bolt11)),
@@ -129,12 +129,12 @@ impl ClnFake {
         }
     }
 
-    /// `pay`'s success result for `out`, in the recorded shape.
+    /// `pay`'s success result for `out`, in the sample shape.
     fn paid(&self, out: &OutPayment) -> Response {
         json_response(
             StatusCode::CREATED,
             &fill(
-                recorded_json("cln/pay.json"),
+                sample_json("cln/pay.json"),
                 &[
                     ("payment_preimage", json!(hex::encode(out.preimage))),
                     ("amount_msat", json!(out.amount_msat)),
@@ -165,13 +165,13 @@ async fn call(
         None => {
             return json_response(
                 StatusCode::FORBIDDEN,
-                &recorded_json("cln/error_missing_rune.json"),
+                &sample_json("cln/error_missing_rune.json"),
             );
         }
         Some(r) if r != fake.rune => {
             return json_response(
                 StatusCode::UNAUTHORIZED,
-                &recorded_json("cln/error_bad_rune.json"),
+                &sample_json("cln/error_bad_rune.json"),
             );
         }
         Some(_) => {}
@@ -194,7 +194,7 @@ async fn call(
                 Ok(inv) => json_response(
                     StatusCode::CREATED,
                     &fill(
-                        recorded_json("cln/invoice.json"),
+                        sample_json("cln/invoice.json"),
                         &[
                             ("payment_hash", json!(hex::encode(inv.hash))),
                             ("expires_at", json!(inv.expires_at())),
@@ -227,7 +227,7 @@ async fn call(
             json_response(
                 StatusCode::CREATED,
                 &fill(
-                    recorded_json("cln/listinvoices_empty.json"),
+                    sample_json("cln/listinvoices_empty.json"),
                     &[("invoices", json!(invoices))],
                 ),
             )
@@ -239,7 +239,7 @@ async fn call(
                 // CLN lists every attempt: a failed one, then its retry.
                 let failed = fake.net.failed_payment(fake.node, &key).map(|f| {
                     fill(
-                        recorded_json("cln/listpays_failed.json")["pays"][0].clone(),
+                        sample_json("cln/listpays_failed.json")["pays"][0].clone(),
                         &[
                             ("bolt11", json!(f.bolt11)),
                             ("destination", json!(f.destination)),
@@ -255,7 +255,7 @@ async fn call(
                 });
                 let complete = fake.net.payment(fake.node, &key).map(|out| {
                     fill(
-                        recorded_json("cln/listpays.json")["pays"][0].clone(),
+                        sample_json("cln/listpays.json")["pays"][0].clone(),
                         &[
                             ("bolt11", json!(out.bolt11)),
                             ("destination", json!(out.destination)),
@@ -278,7 +278,7 @@ async fn call(
             json_response(
                 StatusCode::CREATED,
                 &fill(
-                    recorded_json("cln/listpays_empty.json"),
+                    sample_json("cln/listpays_empty.json"),
                     &[("pays", json!(pays))],
                 ),
             )
@@ -337,22 +337,35 @@ fn client(url: &str, rune: &str) -> Cln {
     Cln::new(config).unwrap()
 }
 
-pub struct ClnRecordedFake {
+pub struct ClnSampleFake {
     receiver: Cln,
     receiver_url: String,
     payer: Cln,
+    /// A second client of the payer's node.
+    second_payer: Cln,
     payer_url: String,
     receiver_fake: Arc<ClnFake>,
     payer_fake: Arc<ClnFake>,
 }
 
-impl Fixture for ClnRecordedFake {
+impl Fixture for ClnSampleFake {
     fn backend(&self) -> &dyn Lightning {
         &self.receiver
     }
 
+    /// CLN's `pay` returns the earlier success to a second `pay` of the
+    /// same invoice; this adapter turns that into `AlreadyPaid` only for
+    /// payments it serialises itself (one client).
+    fn pay_is_idempotent(&self) -> bool {
+        true
+    }
+
     async fn pay(&self, bolt11: &str) -> Result<Payment, LightningError> {
         self.payer.pay_invoice(bolt11, MAX_FEE).await
+    }
+
+    async fn pay_from_another_client(&self, bolt11: &str) -> Result<Payment, LightningError> {
+        self.second_payer.pay_invoice(bolt11, MAX_FEE).await
     }
 
     fn payer(&self) -> &dyn Lightning {
@@ -374,34 +387,35 @@ impl Fixture for ClnRecordedFake {
     }
 }
 
-pub async fn cln_recorded_fake() -> ClnRecordedFake {
+pub async fn cln_sample_fake() -> ClnSampleFake {
     let net = FakeNetwork::new();
     let receiver_node = net.add_node(0);
     let payer_node = net.add_node(PAYER_FUNDS_MSAT);
     let (receiver_url, receiver_fake) = ClnFake::spawn(net.clone(), receiver_node).await;
     let (payer_url, payer_fake) = ClnFake::spawn(net, payer_node).await;
-    ClnRecordedFake {
+    ClnSampleFake {
         receiver: client(&receiver_url, &receiver_fake.rune),
         receiver_url,
         payer: client(&payer_url, &payer_fake.rune),
+        second_payer: client(&payer_url, &payer_fake.rune),
         payer_url,
         receiver_fake,
         payer_fake,
     }
 }
 
-lightning_conformance!(cln_recorded_fake);
+lightning_conformance!(cln_sample_fake);
 
 #[tokio::test]
 async fn is_real_money_and_named_cln() {
-    let f = cln_recorded_fake().await;
+    let f = cln_sample_fake().await;
     assert!(f.receiver.is_real_money());
     assert_eq!(f.receiver.name(), "cln");
 }
 
 #[tokio::test]
 async fn invoices_get_unique_sluice_labels() {
-    let f = cln_recorded_fake().await;
+    let f = cln_sample_fake().await;
     for memo in ["a", "b"] {
         f.receiver
             .create_invoice(AMOUNT, memo, Duration::from_secs(600))
@@ -423,7 +437,7 @@ async fn invoices_get_unique_sluice_labels() {
 
 #[tokio::test]
 async fn maxfee_and_retry_for_are_passed_through_and_the_fee_reported() {
-    let f = cln_recorded_fake().await;
+    let f = cln_sample_fake().await;
     let inv = f
         .receiver
         .create_invoice(AMOUNT, "fee", Duration::from_secs(600))
@@ -444,7 +458,7 @@ async fn maxfee_and_retry_for_are_passed_through_and_the_fee_reported() {
 
 #[tokio::test]
 async fn cln_replays_a_repeated_pay_but_sluice_reports_already_paid() {
-    let f = cln_recorded_fake().await;
+    let f = cln_sample_fake().await;
     let inv = f
         .receiver
         .create_invoice(AMOUNT, "twice", Duration::from_secs(600))
@@ -479,7 +493,7 @@ async fn cln_replays_a_repeated_pay_but_sluice_reports_already_paid() {
 
 #[tokio::test]
 async fn a_maxfee_below_the_route_fee_runs_out_of_routes_and_pays_nothing() {
-    let f = cln_recorded_fake().await;
+    let f = cln_sample_fake().await;
     let inv = f
         .receiver
         .create_invoice(AMOUNT, "too cheap", Duration::from_secs(600))
@@ -501,7 +515,7 @@ async fn a_maxfee_below_the_route_fee_runs_out_of_routes_and_pays_nothing() {
 
 #[tokio::test]
 async fn an_unfunded_node_reports_insufficient_balance() {
-    let f = cln_recorded_fake().await;
+    let f = cln_sample_fake().await;
     let inv = f
         .payer
         .create_invoice(AMOUNT, "to the payer", Duration::from_secs(600))
@@ -516,7 +530,7 @@ async fn an_unfunded_node_reports_insufficient_balance() {
 
 #[tokio::test]
 async fn the_rune_is_sent_on_every_call() {
-    let f = cln_recorded_fake().await;
+    let f = cln_sample_fake().await;
     let inv = f
         .receiver
         .create_invoice(AMOUNT, "auth", Duration::from_secs(600))
@@ -535,7 +549,7 @@ async fn the_rune_is_sent_on_every_call() {
 
 #[tokio::test]
 async fn a_wrong_rune_is_a_clear_error() {
-    let f = cln_recorded_fake().await;
+    let f = cln_sample_fake().await;
     let wrong = client(&f.receiver_url, "bm90IG91ciBydW5l");
     let got = wrong
         .create_invoice(AMOUNT, "x", Duration::from_secs(600))
@@ -594,14 +608,14 @@ async fn a_silent_node_times_out_instead_of_hanging() {
     );
 }
 
-// ---- recorded responses replayed verbatim ----
+// ---- sample responses replayed verbatim ----
 
 /// What a replayed failure must map to.
 type Expect = fn(&LightningError) -> bool;
 
 #[tokio::test]
-async fn parses_recorded_invoice_lookups() {
-    let paid = recorded_json("cln/listinvoices_paid.json");
+async fn parses_sample_invoice_lookups() {
+    let paid = sample_json("cln/listinvoices_paid.json");
     let hash =
         PaymentHash::from_hex(paid["invoices"][0]["payment_hash"].as_str().unwrap()).unwrap();
     let (url, _) = replay(vec![Replay::new(
@@ -662,7 +676,7 @@ async fn parses_recorded_invoice_lookups() {
 }
 
 #[tokio::test]
-async fn parses_a_recorded_pay_result() {
+async fn parses_a_sample_pay_result() {
     // The sample pays the hash of preimage 0x44..44: 50000 msat, 50001 sent.
     let preimage = Preimage([0x44; 32]);
     let bolt11 = invoice_for_hash(preimage.payment_hash().0, 50_000);
@@ -688,7 +702,7 @@ async fn parses_a_recorded_pay_result() {
 }
 
 #[tokio::test]
-async fn a_recorded_complete_listpays_means_already_paid_without_paying() {
+async fn a_sample_complete_listpays_means_already_paid_without_paying() {
     let (url, hits) = replay(vec![
         Replay::new("/v1/listpays", 201, "cln/listpays.json"),
         Replay::new("/v1/pay", 201, "cln/pay.json"),
@@ -702,7 +716,7 @@ async fn a_recorded_complete_listpays_means_already_paid_without_paying() {
 }
 
 #[tokio::test]
-async fn recorded_listpays_map_to_payment_states() {
+async fn sample_listpays_map_to_payment_states() {
     // The pending and failed samples are attempts to pay this hash.
     let hash =
         PaymentHash::from_hex("8fad68e532db4edf02984be14e59dc5e8ffbbdf0f7c4e8cfa26a6bb8f9fe4c41")
@@ -749,7 +763,7 @@ async fn a_listpays_about_other_payments_is_refused_not_believed() {
 }
 
 #[tokio::test]
-async fn recorded_pay_errors_map_to_port_errors() {
+async fn sample_pay_errors_map_to_port_errors() {
     let cases: [(&str, Expect); 4] = [
         // The node's clock may be ahead of ours: its verdict wins.
         ("cln/error_pay_invoice_expired.json", |e| {
@@ -783,7 +797,7 @@ async fn recorded_pay_errors_map_to_port_errors() {
 }
 
 #[tokio::test]
-async fn a_recorded_missing_rune_refusal_is_a_clear_error() {
+async fn a_sample_missing_rune_refusal_is_a_clear_error() {
     let (url, _) = replay(vec![Replay::new(
         "/v1/listinvoices",
         403,

@@ -1,6 +1,6 @@
 //! The dev wallet under the conformance suite, plus what only it promises:
-//! it pays nothing but its own invoices, it survives a reopen over the same
-//! store, and it says it is not real money.
+//! each of its two sides pays nothing but the other side's invoices, it
+//! survives a reopen over the same store, and it says it is not real money.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -17,7 +17,10 @@ use tokio::sync::broadcast::error::TryRecvError;
 use crate::suite::{AMOUNT, Fixture};
 
 pub struct DevFixture {
+    /// The gateway's side (the backend under test).
     wallet: DevWallet,
+    /// The customer's side of the same dev network: it pays `wallet`'s invoices.
+    customer: DevWallet,
     /// Another dev wallet: it cannot pay `wallet`'s invoices.
     stranger: DevWallet,
 }
@@ -28,11 +31,19 @@ impl Fixture for DevFixture {
     }
 
     async fn pay(&self, bolt11: &str) -> Result<Payment, LightningError> {
-        self.wallet.pay_invoice(bolt11, Msat::ZERO).await
+        self.customer.pay_invoice(bolt11, Msat::ZERO).await
+    }
+
+    async fn pay_from_another_client(&self, bolt11: &str) -> Result<Payment, LightningError> {
+        // Another handle on the same customer wallet and store.
+        self.wallet
+            .counterparty()
+            .pay_invoice(bolt11, Msat::ZERO)
+            .await
     }
 
     fn payer(&self) -> &dyn Lightning {
-        &self.wallet
+        &self.customer
     }
 
     /// Another dev wallet refuses the invoice before paying anything, and
@@ -53,15 +64,17 @@ async fn open_wallet() -> DevWallet {
 }
 
 pub async fn dev_fixture() -> DevFixture {
+    let wallet = open_wallet().await;
     DevFixture {
-        wallet: open_wallet().await,
+        customer: wallet.counterparty(),
+        wallet,
         stranger: open_wallet().await,
     }
 }
 
 lightning_conformance!(dev_fixture);
 
-const FOREIGN: &str = "the dev wallet can only pay invoices it issued";
+const FOREIGN: &str = "the dev wallet can only pay invoices of its own dev network";
 
 #[tokio::test]
 async fn refuses_an_invoice_issued_by_another_dev_wallet() {
@@ -104,7 +117,7 @@ async fn refuses_a_forged_invoice_for_one_of_its_own_hashes() {
         .build_signed(|m| secp.sign_ecdsa_recoverable(m, &key))
         .unwrap()
         .to_string();
-    match wallet.pay_invoice(&forged, Msat::ZERO).await {
+    match wallet.counterparty().pay_invoice(&forged, Msat::ZERO).await {
         Err(LightningError::InvalidInvoice(msg)) => assert_eq!(msg, FOREIGN),
         other => panic!("expected a refusal, got {other:?}"),
     }
@@ -141,7 +154,11 @@ async fn state_survives_reopening_over_the_same_store() {
         reopened.lookup_invoice(&inv.payment_hash).await.unwrap(),
         InvoiceStatus::Pending
     );
-    let payment = reopened.pay_invoice(&inv.bolt11, Msat::ZERO).await.unwrap();
+    let payment = reopened
+        .counterparty()
+        .pay_invoice(&inv.bolt11, Msat::ZERO)
+        .await
+        .unwrap();
     assert_eq!(
         reopened.lookup_invoice(&inv.payment_hash).await.unwrap(),
         InvoiceStatus::Settled {
@@ -155,16 +172,18 @@ async fn state_survives_reopening_over_the_same_store() {
 async fn its_payments_are_found_after_a_reopen_and_unpaid_invoices_are_not_payments() {
     let store = MemoryDevWalletStore::new();
     let first = DevWallet::open(Arc::new(store.clone())).await.unwrap();
-    let paid = first
+    // The customer issues invoices; the gateway pays one of them (a refund).
+    let customer = first.counterparty();
+    let paid = customer
         .create_invoice(AMOUNT, "paid before restart", Duration::from_secs(600))
         .await
         .unwrap();
-    let unpaid = first
+    let unpaid = customer
         .create_invoice(AMOUNT, "never paid", Duration::from_secs(600))
         .await
         .unwrap();
     let payment = first.pay_invoice(&paid.bolt11, Msat::ZERO).await.unwrap();
-    drop(first);
+    drop((first, customer));
 
     let reopened = DevWallet::open(Arc::new(store)).await.unwrap();
     assert_eq!(
@@ -178,6 +197,61 @@ async fn its_payments_are_found_after_a_reopen_and_unpaid_invoices_are_not_payme
     assert_eq!(
         reopened.lookup_payment(&unpaid.payment_hash).await.unwrap(),
         PaymentStatus::NotFound
+    );
+}
+
+/// A payout "paid" to the gateway's own deposit invoice, already settled by
+/// the customer, was recorded as a payment the gateway made: the dev wallet
+/// could not tell an invoice it was paid from a payment it made.
+#[tokio::test]
+async fn an_invoice_the_gateway_was_paid_is_not_a_payment_it_made() {
+    let gateway = open_wallet().await;
+    let customer = gateway.counterparty();
+    let deposit = gateway
+        .create_invoice(AMOUNT, "deposit", Duration::from_secs(600))
+        .await
+        .unwrap();
+    customer
+        .pay_invoice(&deposit.bolt11, Msat::ZERO)
+        .await
+        .unwrap();
+    assert!(matches!(
+        gateway.lookup_invoice(&deposit.payment_hash).await.unwrap(),
+        InvoiceStatus::Settled { .. }
+    ));
+    assert_eq!(
+        gateway.lookup_payment(&deposit.payment_hash).await.unwrap(),
+        PaymentStatus::NotFound,
+        "the gateway received this payment; it did not make it"
+    );
+    // Nor can the gateway pay its own invoice, settled or not.
+    let fresh = gateway
+        .create_invoice(AMOUNT, "another deposit", Duration::from_secs(600))
+        .await
+        .unwrap();
+    for bolt11 in [&deposit.bolt11, &fresh.bolt11] {
+        let got = gateway.pay_invoice(bolt11, Msat::ZERO).await;
+        assert!(
+            matches!(got, Err(LightningError::InvalidInvoice(_))),
+            "{got:?}"
+        );
+    }
+    assert_eq!(
+        gateway.lookup_payment(&fresh.payment_hash).await.unwrap(),
+        PaymentStatus::NotFound
+    );
+    // Each side looks up only the invoices it issued.
+    let refund = customer
+        .create_invoice(AMOUNT, "refund", Duration::from_secs(600))
+        .await
+        .unwrap();
+    assert!(matches!(
+        gateway.lookup_invoice(&refund.payment_hash).await,
+        Err(LightningError::NotFound)
+    ));
+    assert_eq!(
+        customer.lookup_invoice(&refund.payment_hash).await.unwrap(),
+        InvoiceStatus::Pending
     );
 }
 
@@ -241,7 +315,11 @@ async fn a_lagging_subscriber_misses_events_but_lookups_stay_true() {
             )
             .await
             .unwrap();
-        wallet.pay_invoice(&inv.bolt11, Msat::ZERO).await.unwrap();
+        wallet
+            .counterparty()
+            .pay_invoice(&inv.bolt11, Msat::ZERO)
+            .await
+            .unwrap();
         hashes.push((inv.payment_hash, inv.amount));
     }
     assert!(

@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::broadcast::error::TryRecvError;
 use tokio::sync::mpsc;
 
-use crate::recorded_fake::invoice_for_hash;
+use crate::sample_fake::invoice_for_hash;
 use crate::suite::{AMOUNT, Fixture, PATIENCE, wait_settled};
 
 /// Fast polling so settlement events arrive promptly in tests.
@@ -132,6 +132,8 @@ impl Server {
 pub struct LnBitsFixture {
     receiver: LnBits,
     payer: LnBits,
+    /// A second client of the payer's wallet.
+    second_payer: LnBits,
     /// An unfunded wallet with its admin key.
     broke: LnBits,
 }
@@ -143,6 +145,12 @@ impl Fixture for LnBitsFixture {
 
     async fn pay(&self, bolt11: &str) -> Result<Payment, LightningError> {
         self.payer
+            .pay_invoice(bolt11, Msat::from_msat(10_000))
+            .await
+    }
+
+    async fn pay_from_another_client(&self, bolt11: &str) -> Result<Payment, LightningError> {
+        self.second_payer
             .pay_invoice(bolt11, Msat::from_msat(10_000))
             .await
     }
@@ -172,9 +180,12 @@ pub async fn lnbits_fixture() -> LnBitsFixture {
     let server = server();
     let receiver = server.wallet("receiver").await;
     let broke = server.wallet("broke").await;
+    let payer = server.wallet("payer").await;
+    server.fund(&payer, PAYER_FUNDS_SATS).await;
     LnBitsFixture {
         receiver: server.client(&receiver, false, TEST_POLL, None),
-        payer: server.payer().await,
+        payer: server.client(&payer, true, NO_POLL, None),
+        second_payer: server.client(&payer, true, NO_POLL, None),
         broke: server.client(&broke, true, NO_POLL, None),
     }
 }

@@ -1,11 +1,12 @@
-//! LND under the conformance suite, against a **recorded-response fake**
-//! (`lnd_recorded_fake`): no LND binary runs here, so an axum server answers
+//! LND under the conformance suite, against a **sample-response fake**
+//! (`lnd_sample_fake`): no LND binary runs here, so an axum server answers
 //! LND's REST calls with bodies shaped exactly like the samples in
-//! `recorded/lnd/` (see `recorded/README.md` for where they come from),
+//! `samples/lnd/` — constructed field by field from LND's published REST
+//! schema, not captured from a node (see `samples/README.md`),
 //! backed by a [`FakeNetwork`] of two nodes: the receiver that sluice's
 //! [`Lnd`] drives, and a funded payer driven by a second [`Lnd`].
 //!
-//! Backend-specific tests: parsing recorded responses verbatim, the fee limit
+//! Backend-specific tests: parsing sample responses verbatim, the fee limit
 //! and timeout passed through, the macaroon header, a wrong macaroon, a
 //! silent node.
 
@@ -26,9 +27,9 @@ use sluice_lightning::{
     InvoiceStatus, Lightning, LightningError, Payment, PaymentHash, PaymentStatus, Preimage,
 };
 
-use crate::recorded_fake::{
+use crate::sample_fake::{
     self, FailedPayment, FakeNetwork, NodeId, OutPayment, PayFailure, ROUTE_FEE_MSAT, Replay,
-    as_u64, fill, invoice_for_hash, json_response, now, recorded, recorded_json, replay, serve,
+    as_u64, fill, invoice_for_hash, json_response, now, replay, sample, sample_json, serve,
     silent_server,
 };
 use crate::suite::{AMOUNT, Fixture};
@@ -51,7 +52,7 @@ struct LndFake {
 type Fake = State<Arc<LndFake>>;
 
 fn rpc_error(status: StatusCode, sample: &str, message: Option<String>) -> Response {
-    let mut body = recorded_json(sample);
+    let mut body = sample_json(sample);
     if let Some(m) = message {
         if body.get("error").is_some() {
             body["error"]["message"] = Value::String(m);
@@ -118,7 +119,7 @@ async fn add_invoice(State(fake): Fake, headers: HeaderMap, body: Bytes) -> Resp
     json_response(
         StatusCode::OK,
         &fill(
-            recorded_json("lnd/add_invoice.json"),
+            sample_json("lnd/add_invoice.json"),
             &[
                 ("r_hash", json!(STANDARD.encode(inv.hash))),
                 ("payment_request", json!(inv.bolt11)),
@@ -150,7 +151,7 @@ async fn lookup_invoice(
     };
     let body = match inv.paid {
         Some(paid) => {
-            let mut htlcs = recorded_json("lnd/invoice_settled.json")["htlcs"].clone();
+            let mut htlcs = sample_json("lnd/invoice_settled.json")["htlcs"].clone();
             htlcs[0] = fill(
                 htlcs[0].clone(),
                 &[
@@ -161,7 +162,7 @@ async fn lookup_invoice(
                 ],
             );
             fill(
-                recorded_json("lnd/invoice_settled.json"),
+                sample_json("lnd/invoice_settled.json"),
                 &[
                     ("memo", json!(inv.description)),
                     ("r_preimage", json!(STANDARD.encode(inv.preimage))),
@@ -183,7 +184,7 @@ async fn lookup_invoice(
             )
         }
         None => fill(
-            recorded_json("lnd/invoice_open.json"),
+            sample_json("lnd/invoice_open.json"),
             &[
                 ("memo", json!(inv.description)),
                 ("r_preimage", json!(STANDARD.encode(inv.preimage))),
@@ -216,14 +217,13 @@ async fn send_payment(State(fake): Fake, headers: HeaderMap, body: Bytes) -> Res
     // proto3: an absent fee limit is 0, which allows only fee-free routes.
     let fee_limit = as_u64(req.get("fee_limit_msat")).unwrap_or(0);
     let quiet = req["no_inflight_updates"].as_bool().unwrap_or(false);
-    let recorded_lines: Vec<Value> = recorded("lnd/send_payment_succeeded.jsonl")
+    let sample_lines: Vec<Value> = sample("lnd/send_payment_succeeded.jsonl")
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     let failed = |reason: &str| {
         let line: Value =
-            serde_json::from_str(recorded("lnd/send_payment_failed_no_route.jsonl").trim())
-                .unwrap();
+            serde_json::from_str(sample("lnd/send_payment_failed_no_route.jsonl").trim()).unwrap();
         let result = fill(
             line["result"].clone(),
             &[
@@ -239,11 +239,11 @@ async fn send_payment(State(fake): Fake, headers: HeaderMap, body: Bytes) -> Res
                 payment_fields((&out).into(), status, preimage, fee)
             };
             let in_flight = fill(
-                recorded_lines[0]["result"].clone(),
+                sample_lines[0]["result"].clone(),
                 &fields("IN_FLIGHT", String::new(), 0),
             );
             let done = fill(
-                recorded_lines[1]["result"].clone(),
+                sample_lines[1]["result"].clone(),
                 &fields("SUCCEEDED", hex::encode(out.preimage), out.fee_msat),
             );
             let mut lines = Vec::new();
@@ -305,7 +305,7 @@ impl<'a> From<&'a FailedPayment> for Attempt<'a> {
     }
 }
 
-/// The `lnrpc.Payment` fields of a fake payment, for the recorded shape.
+/// The `lnrpc.Payment` fields of a fake payment, for the sample shape.
 fn payment_fields(
     a: Attempt<'_>,
     status: &str,
@@ -363,7 +363,7 @@ async fn track_payment(
             Some(format!("bad payment_hash {hash:?}")),
         );
     };
-    let lines: Vec<Value> = recorded("lnd/send_payment_succeeded.jsonl")
+    let lines: Vec<Value> = sample("lnd/send_payment_succeeded.jsonl")
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
@@ -381,8 +381,7 @@ async fn track_payment(
     }
     if let Some(failed) = fake.net.failed_payment(fake.node, &key) {
         let line: Value =
-            serde_json::from_str(recorded("lnd/send_payment_failed_no_route.jsonl").trim())
-                .unwrap();
+            serde_json::from_str(sample("lnd/send_payment_failed_no_route.jsonl").trim()).unwrap();
         let result = fill(
             line["result"].clone(),
             &payment_fields((&failed).into(), "FAILED", String::new(), 0),
@@ -422,21 +421,27 @@ fn client(url: &str, macaroon_hex: &str) -> Lnd {
     Lnd::new(config).unwrap()
 }
 
-pub struct LndRecordedFake {
+pub struct LndSampleFake {
     receiver: Lnd,
     receiver_url: String,
     payer: Lnd,
+    /// A second client of the payer's node.
+    second_payer: Lnd,
     receiver_fake: Arc<LndFake>,
     payer_fake: Arc<LndFake>,
 }
 
-impl Fixture for LndRecordedFake {
+impl Fixture for LndSampleFake {
     fn backend(&self) -> &dyn Lightning {
         &self.receiver
     }
 
     async fn pay(&self, bolt11: &str) -> Result<Payment, LightningError> {
         self.payer.pay_invoice(bolt11, MAX_FEE).await
+    }
+
+    async fn pay_from_another_client(&self, bolt11: &str) -> Result<Payment, LightningError> {
+        self.second_payer.pay_invoice(bolt11, MAX_FEE).await
     }
 
     fn payer(&self) -> &dyn Lightning {
@@ -458,33 +463,34 @@ impl Fixture for LndRecordedFake {
     }
 }
 
-pub async fn lnd_recorded_fake() -> LndRecordedFake {
+pub async fn lnd_sample_fake() -> LndSampleFake {
     let net = FakeNetwork::new();
     let receiver_node = net.add_node(0);
     let payer_node = net.add_node(PAYER_FUNDS_MSAT);
     let (receiver_url, receiver_fake) = LndFake::spawn(net.clone(), receiver_node).await;
     let (payer_url, payer_fake) = LndFake::spawn(net, payer_node).await;
-    LndRecordedFake {
+    LndSampleFake {
         receiver: client(&receiver_url, &receiver_fake.macaroon_hex),
         receiver_url,
         payer: client(&payer_url, &payer_fake.macaroon_hex),
+        second_payer: client(&payer_url, &payer_fake.macaroon_hex),
         receiver_fake,
         payer_fake,
     }
 }
 
-lightning_conformance!(lnd_recorded_fake);
+lightning_conformance!(lnd_sample_fake);
 
 #[tokio::test]
 async fn is_real_money_and_named_lnd() {
-    let f = lnd_recorded_fake().await;
+    let f = lnd_sample_fake().await;
     assert!(f.receiver.is_real_money());
     assert_eq!(f.receiver.name(), "lnd");
 }
 
 #[tokio::test]
 async fn the_fee_limit_and_timeout_are_passed_through_and_the_fee_reported() {
-    let f = lnd_recorded_fake().await;
+    let f = lnd_sample_fake().await;
     let inv = f
         .receiver
         .create_invoice(AMOUNT, "fee", Duration::from_secs(600))
@@ -510,7 +516,7 @@ async fn the_fee_limit_and_timeout_are_passed_through_and_the_fee_reported() {
 
 #[tokio::test]
 async fn a_fee_limit_below_the_route_fee_finds_no_route_and_pays_nothing() {
-    let f = lnd_recorded_fake().await;
+    let f = lnd_sample_fake().await;
     let inv = f
         .receiver
         .create_invoice(AMOUNT, "too cheap", Duration::from_secs(600))
@@ -534,7 +540,7 @@ async fn a_fee_limit_below_the_route_fee_finds_no_route_and_pays_nothing() {
 
 #[tokio::test]
 async fn an_unfunded_node_reports_insufficient_balance() {
-    let f = lnd_recorded_fake().await;
+    let f = lnd_sample_fake().await;
     let inv = f
         .payer
         .create_invoice(AMOUNT, "to the payer", Duration::from_secs(600))
@@ -550,7 +556,7 @@ async fn an_unfunded_node_reports_insufficient_balance() {
 
 #[tokio::test]
 async fn the_macaroon_is_sent_on_every_call() {
-    let f = lnd_recorded_fake().await;
+    let f = lnd_sample_fake().await;
     let inv = f
         .receiver
         .create_invoice(AMOUNT, "auth", Duration::from_secs(600))
@@ -568,7 +574,7 @@ async fn the_macaroon_is_sent_on_every_call() {
 
 #[tokio::test]
 async fn a_wrong_macaroon_is_a_clear_error() {
-    let f = lnd_recorded_fake().await;
+    let f = lnd_sample_fake().await;
     assert!(
         !format!("{:?}", f.receiver).contains(&f.receiver_fake.macaroon_hex),
         "Debug must not show the macaroon"
@@ -643,13 +649,13 @@ async fn a_silent_node_times_out_instead_of_hanging() {
     );
 }
 
-// ---- recorded responses replayed verbatim ----
+// ---- sample responses replayed verbatim ----
 
 /// What a replayed failure must map to.
 type Expect = fn(&LightningError) -> bool;
 
 fn hash_of(sample: &str, field: &str) -> [u8; 32] {
-    let v = recorded_json(sample);
+    let v = sample_json(sample);
     STANDARD
         .decode(v[field].as_str().unwrap())
         .unwrap()
@@ -658,7 +664,7 @@ fn hash_of(sample: &str, field: &str) -> [u8; 32] {
 }
 
 #[tokio::test]
-async fn parses_a_recorded_settled_invoice() {
+async fn parses_a_sample_settled_invoice() {
     let hash = hash_of("lnd/invoice_settled.json", "r_hash");
     let (url, hits) = replay(vec![Replay::new(
         format!("/v1/invoice/{}", hex::encode(hash)),
@@ -680,7 +686,7 @@ async fn parses_a_recorded_settled_invoice() {
 }
 
 #[tokio::test]
-async fn reads_a_recorded_open_invoice_past_its_expiry_as_expired() {
+async fn reads_a_sample_open_invoice_past_its_expiry_as_expired() {
     // The sample was created on 2025-11-21 with a 600 s expiry.
     let hash = hash_of("lnd/invoice_open.json", "r_hash");
     let (url, _) = replay(vec![Replay::new(
@@ -698,7 +704,7 @@ async fn reads_a_recorded_open_invoice_past_its_expiry_as_expired() {
 }
 
 #[tokio::test]
-async fn recorded_lookup_errors_map_to_port_errors() {
+async fn sample_lookup_errors_map_to_port_errors() {
     let hash = PaymentHash(rand::random());
     let path = format!("/v1/invoice/{}", hash.to_hex());
     let (url, _) = replay(vec![Replay::new(&path, 404, "lnd/error_not_found.json")]).await;
@@ -714,7 +720,7 @@ async fn recorded_lookup_errors_map_to_port_errors() {
 }
 
 #[tokio::test]
-async fn parses_a_recorded_payment_stream() {
+async fn parses_a_sample_payment_stream() {
     // The sample's final line pays the hash of preimage 0x22..22 with a
     // 1234 msat fee, after an IN_FLIGHT line.
     let preimage = Preimage([0x22; 32]);
@@ -739,8 +745,8 @@ async fn parses_a_recorded_payment_stream() {
 }
 
 #[tokio::test]
-async fn a_recorded_payment_for_another_hash_is_refused() {
-    // The recorded stream pays 0x22..22's hash; this invoice has another.
+async fn a_sample_payment_for_another_hash_is_refused() {
+    // The sample stream pays 0x22..22's hash; this invoice has another.
     let bolt11 = invoice_for_hash(rand::random(), 21_000);
     let (url, _) = replay(vec![Replay::new(
         "/v2/router/send",
@@ -756,7 +762,7 @@ async fn a_recorded_payment_for_another_hash_is_refused() {
 }
 
 #[tokio::test]
-async fn recorded_payment_failures_map_to_port_errors() {
+async fn sample_payment_failures_map_to_port_errors() {
     let cases: [(u16, &str, Expect); 3] = [
         (
             200,
@@ -784,7 +790,7 @@ async fn recorded_payment_failures_map_to_port_errors() {
 }
 
 #[tokio::test]
-async fn recorded_payment_tracking_maps_to_payment_states() {
+async fn sample_payment_tracking_maps_to_payment_states() {
     // The samples are payments of the hash of preimage 0x22..22.
     let hash = Preimage([0x22; 32]).payment_hash();
     // grpc-gateway reads the `bytes` path parameter as (URL-safe) base64.
@@ -867,7 +873,7 @@ async fn a_payment_lookup_of_a_silent_node_times_out() {
 // ---- TLS: LND's self-signed certificate ----
 
 /// An HTTPS server on a std thread presenting `cert`, answering every
-/// request with `body` (a recorded sample). Returns its port.
+/// request with `body` (a sample). Returns its port.
 fn tls_server(cert: &str, key: &str, body: String) -> u16 {
     use std::io::{Read as _, Write as _};
 
@@ -918,7 +924,7 @@ fn tls_server(cert: &str, key: &str, body: String) -> u16 {
 }
 
 fn tls_fixture(name: &str) -> String {
-    recorded_fake::recorded(&format!("../tls/{name}"))
+    sample_fake::sample(&format!("../tls/{name}"))
 }
 
 #[tokio::test]
@@ -928,7 +934,7 @@ async fn lnds_self_signed_ca_certificate_is_pinned_and_accepted() {
     let port = tls_server(
         &cert,
         &tls_fixture("lnd.key"),
-        recorded("lnd/invoice_settled.json"),
+        sample("lnd/invoice_settled.json"),
     );
     let url = format!("https://localhost:{port}");
     // Why pinning: as a plain trusted root, LND's CA-flagged self-signed
@@ -958,7 +964,7 @@ async fn a_server_with_another_certificate_is_refused() {
     let port = tls_server(
         &tls_fixture("other.cert"),
         &tls_fixture("other.key"),
-        recorded("lnd/invoice_settled.json"),
+        sample("lnd/invoice_settled.json"),
     );
     let mut config = LndConfig::new(format!("https://localhost:{port}"), "0201");
     config.tls_cert_pem = Some(tls_fixture("lnd.cert"));

@@ -628,23 +628,41 @@ pub async fn abandoned_holds_follow_heartbeats(db: &TestDb) {
     // gw-c never beat.
     let ids =
         |rows: Vec<sluice_store::RequestRow>| rows.into_iter().map(|r| r.id).collect::<Vec<_>>();
-    assert_eq!(ids(store.abandoned_holds(NOW).await.unwrap()), vec!["r3"]);
     assert_eq!(
-        ids(store.abandoned_holds(NOW + 60).await.unwrap()),
+        ids(store.abandoned_holds(NOW, NOW, "gw-self").await.unwrap()),
+        vec!["r3"]
+    );
+    assert_eq!(
+        ids(store
+            .abandoned_holds(NOW + 60, NOW, "gw-self")
+            .await
+            .unwrap()),
         vec!["r2", "r3"]
+    );
+    // A process whose own heartbeat is stale (its database was down) does not
+    // release its own live holds: only past their deadline.
+    assert_eq!(
+        ids(store.abandoned_holds(NOW + 60, NOW, "gw-b").await.unwrap()),
+        vec!["r3"]
     );
     store.retire_instance("gw-a").await.unwrap();
     assert_eq!(
-        ids(store.abandoned_holds(NOW).await.unwrap()),
+        ids(store.abandoned_holds(NOW, NOW, "gw-self").await.unwrap()),
         vec!["r1", "r3"]
     );
-    for r in store.abandoned_holds(NOW).await.unwrap() {
+    for r in store.abandoned_holds(NOW, NOW, "gw-self").await.unwrap() {
         store
             .release(&r.id, RequestStatus::Abandoned, NOW + 200, &policy())
             .await
             .unwrap();
     }
-    assert!(store.abandoned_holds(NOW).await.unwrap().is_empty());
+    assert!(
+        store
+            .abandoned_holds(NOW, NOW, "gw-self")
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(
         store.request("r1").await.unwrap().unwrap().status,
         RequestStatus::Abandoned
@@ -1025,7 +1043,11 @@ pub async fn closing_a_session_refunds_its_balance_once(db: &TestDb) {
     );
     let row = store.session("s-close").await.unwrap().unwrap();
     assert_eq!(row.balance, Msat::ZERO);
-    assert_eq!(row.state, SessionState::Expired);
+    assert_eq!(
+        row.state,
+        SessionState::Closed,
+        "a closed session says so, not expired"
+    );
     // A payout whose outcome is not recorded is found for reconciliation.
     assert!(store.paying_refunds(NOW + 10).await.unwrap().is_empty());
     store
@@ -1034,6 +1056,9 @@ pub async fn closing_a_session_refunds_its_balance_once(db: &TestDb) {
             sluice_core::RefundEvent::Claim {
                 invoice_amount: Msat::from_msat(12_000),
                 invoice_hash: "ab".repeat(32),
+                invoice_expires_at_ms: i64::MAX,
+                max_fee_budget: Msat::ZERO,
+                min_fee_budget: Msat::ZERO,
                 now_ms: NOW,
             },
         )
@@ -1062,6 +1087,7 @@ pub async fn dev_invoices(db: &TestDb) {
     let store = &*db.store;
     assert!(store.dev_invoice("h1").await.unwrap().is_none());
     let inv = DevInvoiceRow {
+        issuer: "customer".into(),
         payment_hash: "h1".into(),
         preimage: "p1".into(),
         bolt11: "lnbcrt1".into(),
@@ -1088,6 +1114,14 @@ pub async fn concurrent_opens_migrate_once(db: &TestDb) {
     // Several gateway processes starting at once on a new database: each open
     // succeeds and the schema exists once.
     let store = db.open_fresh_concurrently(4).await;
+    // Each migration was applied once, however many processes raced.
+    let applied = db.fresh_migrations().await;
+    let expected: Vec<i64> = (1..=applied.last().copied().unwrap_or(0)).collect();
+    assert_eq!(
+        applied, expected,
+        "every migration exactly once, none missing"
+    );
+    assert!(applied.len() >= 5, "{applied:?}");
     funded(&*store, "s1", 20_000).await;
     assert!(is_held(
         &store.hold(&hold("s1", "r1", 1_000)).await.unwrap()
@@ -1156,7 +1190,7 @@ fn completed(actual: u64) -> WorkOutcome {
 async fn job_evaluating(store: &dyn Store, id: &str, eval_fee: u64) {
     store.create_job(&new_job(id, eval_fee)).await.unwrap();
     let job = store
-        .job_invoice_paid(&format!("eval-{id}"), "e0", NOW + 1)
+        .job_invoice_paid(&format!("eval-{id}"), "e0", "gw-test", NOW + 1)
         .await
         .unwrap()
         .unwrap();
@@ -1179,7 +1213,7 @@ async fn job_executing(store: &dyn Store, id: &str, work: u64) {
         .await
         .unwrap();
     let job = store
-        .job_invoice_paid(&format!("work-{id}"), "w0", NOW + 3)
+        .job_invoice_paid(&format!("work-{id}"), "w0", "gw-test", NOW + 3)
         .await
         .unwrap()
         .unwrap();
@@ -1207,8 +1241,10 @@ pub async fn job_happy_path_refunds_the_unspent_work_payment(db: &TestDb) {
         (None, None, 0)
     );
     assert!(store.job("nope").await.unwrap().is_none());
-    // The watcher sees the unpaid evaluation invoice until it expires.
-    let pending = store.pending_job_invoices(NOW, 10).await.unwrap();
+    // The watcher sees the unpaid evaluation invoice, past its expiry too (a
+    // payment made while the gateway was down is seen late), until the
+    // backend says it is definitely unpaid.
+    let pending = store.pending_job_invoices(10).await.unwrap();
     assert_eq!(
         pending,
         vec![PendingJobInvoice {
@@ -1218,16 +1254,9 @@ pub async fn job_happy_path_refunds_the_unspent_work_payment(db: &TestDb) {
             expires_at_ms: NOW + 600_000,
         }]
     );
-    assert!(
-        store
-            .pending_job_invoices(NOW + 600_000, 10)
-            .await
-            .unwrap()
-            .is_empty()
-    );
 
     let paid = store
-        .job_invoice_paid("eval-j1", "e0", NOW + 1)
+        .job_invoice_paid("eval-j1", "e0", "gw-test", NOW + 1)
         .await
         .unwrap()
         .unwrap();
@@ -1235,17 +1264,11 @@ pub async fn job_happy_path_refunds_the_unspent_work_payment(db: &TestDb) {
         (paid.state, paid.updated_at_ms),
         (JobState::Evaluating, NOW + 1)
     );
-    assert!(
-        store
-            .pending_job_invoices(NOW, 10)
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    assert_eq!(store.job_attempt("j1", NOW + 1).await.unwrap(), 1);
-    assert_eq!(store.job_attempt("j1", NOW + 1).await.unwrap(), 2);
+    assert!(store.pending_job_invoices(10).await.unwrap().is_empty());
+    assert_eq!(store.job_attempt("j1", "gw-a", NOW + 1).await.unwrap(), 1);
+    assert_eq!(store.job_attempt("j1", "gw-a", NOW + 1).await.unwrap(), 2);
     assert!(matches!(
-        store.job_attempt("nope", NOW).await,
+        store.job_attempt("nope", "gw-a", NOW).await,
         Err(StoreError::NotFound)
     ));
     let report = consistent_ledger(store).await;
@@ -1283,7 +1306,7 @@ pub async fn job_happy_path_refunds_the_unspent_work_payment(db: &TestDb) {
         (report.revenue, report.jobs_held),
         (msat(EVAL_FEE), Msat::ZERO)
     );
-    let pending = store.pending_job_invoices(NOW, 10).await.unwrap();
+    let pending = store.pending_job_invoices(10).await.unwrap();
     assert_eq!(pending.len(), 1);
     assert_eq!(
         (pending[0].phase, pending[0].payment_hash.as_str()),
@@ -1291,7 +1314,7 @@ pub async fn job_happy_path_refunds_the_unspent_work_payment(db: &TestDb) {
     );
 
     let job = store
-        .job_invoice_paid("work-j1", "w0", NOW + 3)
+        .job_invoice_paid("work-j1", "w0", "gw-test", NOW + 3)
         .await
         .unwrap()
         .unwrap();
@@ -1341,13 +1364,7 @@ pub async fn job_happy_path_refunds_the_unspent_work_payment(db: &TestDb) {
     assert_eq!(report.refunds_owed, msat(62_000));
     assert_eq!(report.pool, msat(500));
     assert_eq!(report.paid_out, Msat::ZERO);
-    assert!(
-        store
-            .pending_job_invoices(NOW, 10)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(store.pending_job_invoices(10).await.unwrap().is_empty());
 
     // Rows that drift from the ledger are noticed.
     db.raw("UPDATE refunds SET payout_msat = payout_msat + 1000 WHERE id = 'refund_j1'")
@@ -1472,6 +1489,9 @@ pub async fn a_failed_evaluation_refunds_its_fee(db: &TestDb) {
     let claim = RefundEvent::Claim {
         invoice_amount: Msat::ZERO,
         invoice_hash: "x".into(),
+        invoice_expires_at_ms: i64::MAX,
+        max_fee_budget: Msat::ZERO,
+        min_fee_budget: Msat::ZERO,
         now_ms: NOW + 3,
     };
     assert!(matches!(
@@ -1552,7 +1572,7 @@ pub async fn failed_work_refunds_the_whole_work_payment(db: &TestDb) {
 pub async fn job_payments_are_recorded_once(db: &TestDb) {
     let store = &*db.store;
     assert!(matches!(
-        store.job_invoice_paid("nope", "00", NOW).await,
+        store.job_invoice_paid("nope", "00", "gw-test", NOW).await,
         Err(StoreError::NotFound)
     ));
     store.create_job(&new_job("j1", EVAL_FEE)).await.unwrap();
@@ -1564,7 +1584,11 @@ pub async fn job_payments_are_recorded_once(db: &TestDb) {
         } else {
             Arc::clone(&other)
         };
-        tokio::spawn(async move { store.job_invoice_paid("eval-j1", "e0", NOW + 1).await })
+        tokio::spawn(async move {
+            store
+                .job_invoice_paid("eval-j1", "e0", "gw-test", NOW + 1)
+                .await
+        })
     });
     let outcomes: Vec<_> = futures::future::join_all(calls)
         .await
@@ -1583,7 +1607,7 @@ pub async fn job_payments_are_recorded_once(db: &TestDb) {
     // A late repeat is a no-op too.
     assert_eq!(
         store
-            .job_invoice_paid("eval-j1", "e0", NOW + 9)
+            .job_invoice_paid("eval-j1", "e0", "gw-test", NOW + 9)
             .await
             .unwrap(),
         None
@@ -1607,21 +1631,21 @@ pub async fn job_payments_are_recorded_once(db: &TestDb) {
         .unwrap();
     assert!(
         store
-            .job_invoice_paid("work-j1", "w0", NOW + 3)
+            .job_invoice_paid("work-j1", "w0", "gw-test", NOW + 3)
             .await
             .unwrap()
             .is_some()
     );
     assert_eq!(
         other
-            .job_invoice_paid("work-j1", "w0", NOW + 3)
+            .job_invoice_paid("work-j1", "w0", "gw-test", NOW + 3)
             .await
             .unwrap(),
         None
     );
     assert_eq!(
         store
-            .job_invoice_paid("eval-j1", "e0", NOW + 3)
+            .job_invoice_paid("eval-j1", "e0", "gw-test", NOW + 3)
             .await
             .unwrap(),
         None
@@ -1666,7 +1690,7 @@ pub async fn concurrent_job_outcomes_apply_once(db: &TestDb) {
         Err(StoreError::NotFound)
     ));
     store
-        .job_invoice_paid("eval-j1", "e0", NOW + 1)
+        .job_invoice_paid("eval-j1", "e0", "gw-test", NOW + 1)
         .await
         .unwrap();
     let other = db.reopen().await.unwrap();
@@ -1728,6 +1752,9 @@ pub async fn a_refund_is_claimed_and_paid_once(db: &TestDb) {
     let claim = |amount: u64, hash: &str| RefundEvent::Claim {
         invoice_amount: msat(amount),
         invoice_hash: hash.into(),
+        invoice_expires_at_ms: i64::MAX,
+        max_fee_budget: Msat::ZERO,
+        min_fee_budget: Msat::ZERO,
         now_ms: NOW + 5,
     };
     assert!(matches!(
@@ -1788,6 +1815,7 @@ pub async fn a_refund_is_claimed_and_paid_once(db: &TestDb) {
             "refund_j1",
             RefundEvent::PayoutSucceeded {
                 payment_hash: "h1".into(),
+                fee: Msat::ZERO,
                 preimage: "p1".into(),
             },
         )
@@ -1818,6 +1846,7 @@ pub async fn a_refund_is_claimed_and_paid_once(db: &TestDb) {
                 "refund_j1",
                 RefundEvent::PayoutSucceeded {
                     payment_hash: "h1".into(),
+                    fee: Msat::ZERO,
                     preimage: "p1".into()
                 }
             )
@@ -1844,6 +1873,9 @@ pub async fn a_failed_payout_can_be_claimed_again(db: &TestDb) {
     let claim = |hash: &str| RefundEvent::Claim {
         invoice_amount: msat(10_000),
         invoice_hash: hash.into(),
+        invoice_expires_at_ms: i64::MAX,
+        max_fee_budget: Msat::ZERO,
+        min_fee_budget: Msat::ZERO,
         now_ms: NOW + 5,
     };
     store.refund_event("refund_j1", claim("h1")).await.unwrap();
@@ -1871,9 +1903,43 @@ pub async fn a_failed_payout_can_be_claimed_again(db: &TestDb) {
         (again.refund.state, again.refund.payment_hash.clone()),
         (RefundState::Pending, None)
     );
+    // Claimable again: with the same invoice (a new one only once it expires;
+    // see `a_failed_payout_binds_its_invoice_until_it_expires`).
+    assert!(matches!(
+        store.refund_event("refund_j1", claim("h2")).await,
+        Err(RefundEventError::Refused(
+            RefundError::RetrySameInvoice { .. }
+        ))
+    ));
     assert_eq!(
         store
-            .refund_event("refund_j1", claim("h2"))
+            .refund_event("refund_j1", claim("h1"))
+            .await
+            .unwrap()
+            .refund
+            .state,
+        RefundState::Paying
+    );
+    // A retry refused before anything was sent leaves the earlier failure's
+    // binding: that first attempt may still settle until the invoice expires.
+    store
+        .refund_event(
+            "refund_j1",
+            RefundEvent::PayoutRefused {
+                payment_hash: "h1".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.refund_event("refund_j1", claim("h2")).await,
+        Err(RefundEventError::Refused(
+            RefundError::RetrySameInvoice { .. }
+        ))
+    ));
+    assert_eq!(
+        store
+            .refund_event("refund_j1", claim("h1"))
             .await
             .unwrap()
             .refund
@@ -1942,6 +2008,9 @@ pub async fn unclaimed_refunds_expire_into_the_pool(db: &TestDb) {
                 RefundEvent::Claim {
                     invoice_amount: msat(62_000),
                     invoice_hash: "h".into(),
+                    invoice_expires_at_ms: i64::MAX,
+                    max_fee_budget: Msat::ZERO,
+                    min_fee_budget: Msat::ZERO,
                     now_ms: NOW + 10_000
                 }
             )
@@ -2101,6 +2170,7 @@ fn ask(kind: GrantKind, pubkey: Option<&str>, cap: u64, allowance: Option<u64>) 
 fn hold_as(session: &str, request: &str, amount: u64, pubkey: &str) -> sluice_store::NewHold {
     sluice_store::NewHold {
         pubkey: Some(pubkey.to_owned()),
+        deadline_ms: NOW + 600_000,
         ..hold(session, request, amount)
     }
 }
@@ -2179,11 +2249,11 @@ pub async fn a_paid_settle_credits_the_pool_and_the_identity(db: &TestDb) {
         (status.balance, status.credited, status.seeded),
         (msat(30_000), msat(30_000), Msat::ZERO)
     );
-    // Paying 300 sats earns 1 + 3 points.
+    // Paying 300 sats earns 300 points.
     let id = store.identity(&alice).await.unwrap().unwrap();
     assert_eq!(
         (id.score, id.successes, id.failures, id.paid),
-        (4, 1, 0, msat(300_000))
+        (300, 1, 0, msat(300_000))
     );
     assert_eq!(id.last_seen_ms, NOW + 1_000);
     // A released request is neither a success nor a failure, and credits nothing.
@@ -2199,7 +2269,7 @@ pub async fn a_paid_settle_credits_the_pool_and_the_identity(db: &TestDb) {
         .unwrap();
     assert_eq!((r.charged, r.absorbed), (Msat::ZERO, Msat::ZERO));
     let id = store.identity(&alice).await.unwrap().unwrap();
-    assert_eq!((id.score, id.successes, id.failures), (4, 1, 0));
+    assert_eq!((id.score, id.successes, id.failures), (300, 1, 0));
     assert_eq!(consistent_ledger(store).await.pool, msat(30_000));
 }
 
@@ -2501,7 +2571,7 @@ fn new_job_as(id: &str, pubkey: &str) -> NewJob {
 async fn paid_eval(store: &dyn Store, id: &str, pubkey: &str) {
     store.create_job(&new_job_as(id, pubkey)).await.unwrap();
     let job = store
-        .job_invoice_paid(&format!("eval-{id}"), "e0", NOW + 1)
+        .job_invoice_paid(&format!("eval-{id}"), "e0", "gw-test", NOW + 1)
         .await
         .unwrap()
         .unwrap();
@@ -2541,13 +2611,7 @@ pub async fn free_and_partial_jobs_use_the_pool(db: &TestDb) {
         (job.work_btc_usd_micros, job.est_output_tokens),
         (Some(100_000_000_000), Some(300))
     );
-    assert!(
-        store
-            .pending_job_invoices(NOW + 2, 10)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(store.pending_job_invoices(10).await.unwrap().is_empty());
     consistent_ledger(store).await;
     let job = store
         .job_finished(
@@ -2571,10 +2635,10 @@ pub async fn free_and_partial_jobs_use_the_pool(db: &TestDb) {
         (GrantKind::Job, msat(25_000), "worker")
     );
     let id = store.identity(&alice).await.unwrap().unwrap();
-    // It paid the evaluation fee (5.5 sats: one point), the pool the work.
+    // It paid the evaluation fee (5.5 sats: five points), the pool the work.
     assert_eq!(
         (id.successes, id.paid, id.absorbed_today, id.score),
-        (1, msat(EVAL_FEE), msat(25_000), 1)
+        (1, msat(EVAL_FEE), msat(25_000), 5)
     );
 
     // Partial: quoted 40 000, the pool takes up to 10 000, the invoice asks 30 000.
@@ -2595,7 +2659,7 @@ pub async fn free_and_partial_jobs_use_the_pool(db: &TestDb) {
         (JobState::AwaitingWorkPayment, Some("partial"))
     );
     store
-        .job_invoice_paid("work-j2", "w0", NOW + 3)
+        .job_invoice_paid("work-j2", "w0", "gw-test", NOW + 3)
         .await
         .unwrap()
         .unwrap();
@@ -2645,7 +2709,7 @@ pub async fn a_rejected_job_costs_its_identity_and_vouchers(db: &TestDb) {
         )
         .await
         .unwrap();
-    assert_eq!(v.score, trust.max_points_per_interaction);
+    assert_eq!(v.score, 10_000, "one point per sat paid");
     let vouch = NewVouch {
         voucher: voucher.clone(),
         vouchee: vouchee.clone(),
@@ -2684,13 +2748,13 @@ pub async fn a_rejected_job_costs_its_identity_and_vouchers(db: &TestDb) {
         .unwrap();
     assert_eq!(job.state, JobState::Rejected);
     let failed = store.identity(&vouchee).await.unwrap().unwrap();
-    // 8 points, less the failure penalty of 5.
-    assert_eq!((failed.score, failed.successes, failed.failures), (3, 1, 1));
-    let v = store.identity(&voucher).await.unwrap().unwrap();
+    // 700 points, less the failure penalty.
     assert_eq!(
-        v.score,
-        trust.max_points_per_interaction - trust.vouch_penalty
+        (failed.score, failed.successes, failed.failures),
+        (700 - trust.failure_penalty, 1, 1)
     );
+    let v = store.identity(&voucher).await.unwrap().unwrap();
+    assert_eq!(v.score, 10_000 - trust.vouch_penalty);
     // The evaluation fee was still earned, and credits the pool.
     assert_eq!(store.pool_status(TODAY).await.unwrap().credited, msat(550));
     consistent_ledger(store).await;
@@ -2806,12 +2870,12 @@ pub async fn scores_decay_after_a_long_absence(db: &TestDb) {
         .unwrap();
     assert_eq!(
         (t.score, t.last_seen_ms, t.first_seen_ms),
-        (20, NOW + 10 * DAY_MS, NOW)
+        (10_000, NOW + 10 * DAY_MS, NOW)
     );
-    // 61 days away: two 30-day periods at 25 %: 20 → 15 → 11.
+    // 61 days away: two 30-day periods at 25 %: 10 000 → 7 500 → 5 625.
     let back = NOW + 71 * DAY_MS;
     let t = store.touch_identity(&alice, &trust, back).await.unwrap();
-    assert_eq!((t.score, t.last_seen_ms), (11, back));
+    assert_eq!((t.score, t.last_seen_ms), (5_625, back));
     // Coming back again at once decays nothing more.
     assert_eq!(
         store
@@ -2819,7 +2883,7 @@ pub async fn scores_decay_after_a_long_absence(db: &TestDb) {
             .await
             .unwrap()
             .score,
-        11
+        5_625
     );
     // A new key starts at zero.
     let fresh = store.touch_identity(&pk(2), &trust, NOW).await.unwrap();
@@ -2953,4 +3017,397 @@ pub async fn upgrading_keeps_the_pool_it_had(db: &TestDb) {
         (report.pool, report.seeded, report.revenue),
         (Msat::ZERO, msat(1_000), msat(1_700))
     );
+}
+
+// ---- Closing the money holes (the audit's regressions) ----
+
+/// One write failure (a full disk, or here a trigger that rolls the whole
+/// transaction back as SQLite does on `SQLITE_FULL`) left a pooled SQLite
+/// connection mid-transaction: every later write failed with "attempted to
+/// call begin_with at non-zero transaction depth" until a restart.
+pub async fn a_failed_write_does_not_poison_the_store(db: &TestDb) {
+    let store = &*db.store;
+    funded(store, "s1", 1_000_000).await;
+    match db.dialect() {
+        "sqlite" => {
+            db.raw(
+                "CREATE TRIGGER inject_fault BEFORE INSERT ON ledger_entry \
+                 BEGIN SELECT RAISE(ROLLBACK, 'injected fault'); END",
+            )
+            .await;
+        }
+        _ => {
+            db.raw(
+                "CREATE FUNCTION inject_fault() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'injected fault'; END $$ \
+                 LANGUAGE plpgsql; \
+                 CREATE TRIGGER inject_fault BEFORE INSERT ON ledger_entry FOR EACH ROW EXECUTE FUNCTION inject_fault()",
+            )
+            .await;
+        }
+    }
+    // While the fault lasts, nothing is held (or charged).
+    for i in 0..4 {
+        let r = store.hold(&hold("s1", &format!("bad{i}"), 1_000)).await;
+        assert!(r.is_err(), "a hold succeeded while writes fail: {r:?}");
+    }
+    match db.dialect() {
+        "sqlite" => db.raw("DROP TRIGGER inject_fault").await,
+        _ => db.raw("DROP TRIGGER inject_fault ON ledger_entry").await,
+    };
+    // Once it is gone, the store serves again without a restart: every pooled
+    // connection, not just a fresh one.
+    store.ping().await.unwrap();
+    for i in 0..24 {
+        let id = format!("ok{i}");
+        assert!(
+            is_held(&store.hold(&hold("s1", &id, 1_000)).await.unwrap()),
+            "hold {i}"
+        );
+        store.settle(&settle(&id, 700)).await.unwrap();
+    }
+    for i in 0..4 {
+        assert!(store.request(&format!("bad{i}")).await.unwrap().is_none());
+    }
+    let report = consistent_ledger(store).await;
+    assert_eq!(report.revenue, msat(24 * 700));
+}
+
+/// A hold taken by a live process whose request never ended (its settle was
+/// lost) stayed open until a restart, blocking `close`.
+pub async fn a_hold_past_its_deadline_is_released_and_a_late_settle_is_a_recorded_loss(
+    db: &TestDb,
+) {
+    let store = &*db.store;
+    funded(store, "s1", 100_000).await;
+    let mut h = hold("s1", "r1", 5_000);
+    h.deadline_ms = NOW + 1_000;
+    assert!(is_held(&store.hold(&h).await.unwrap()));
+    store.heartbeat("gw-1", NOW + 5_000).await.unwrap(); // its process is alive
+    let ids =
+        |rows: Vec<sluice_store::RequestRow>| rows.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    assert!(
+        ids(store
+            .abandoned_holds(NOW, NOW + 999, "gw-self")
+            .await
+            .unwrap())
+        .is_empty()
+    );
+    assert_eq!(
+        ids(store
+            .abandoned_holds(NOW, NOW + 1_001, "gw-1")
+            .await
+            .unwrap()),
+        vec!["r1"]
+    );
+    store
+        .release("r1", RequestStatus::Abandoned, NOW + 1_001, &policy())
+        .await
+        .unwrap();
+    // The owner's settlement arrives late: nothing is charged, the loss is recorded.
+    match store.settle(&settle("r1", 3_000)).await {
+        Err(StoreError::Released { request_id, loss }) => {
+            assert_eq!((request_id.as_str(), loss), ("r1", msat(3_000)))
+        }
+        other => panic!("expected Released: {other:?}"),
+    }
+    let r = store.request("r1").await.unwrap().unwrap();
+    assert_eq!(r.status, RequestStatus::Abandoned);
+    assert_eq!(
+        (r.charged, r.uncharged),
+        (Some(Msat::ZERO), Some(msat(3_000)))
+    );
+    let s = store.session("s1").await.unwrap().unwrap();
+    assert_eq!((s.balance, s.held), (msat(100_000), Msat::ZERO));
+    consistent_ledger(store).await;
+}
+
+/// A job invoice paid while the gateway was down and seen after its expiry
+/// was never looked up again: the payer lost it, the ledger never saw it.
+pub async fn a_job_invoice_paid_after_its_expiry_is_still_credited(db: &TestDb) {
+    let store = &*db.store;
+    store.create_job(&new_job("j1", EVAL_FEE)).await.unwrap();
+    store.create_job(&new_job("j2", EVAL_FEE)).await.unwrap();
+    // Long past both invoices' expiry, both are still looked up.
+    let hashes =
+        |p: Vec<PendingJobInvoice>| p.into_iter().map(|p| p.payment_hash).collect::<Vec<_>>();
+    assert_eq!(
+        hashes(store.pending_job_invoices(10).await.unwrap()),
+        vec!["eval-j1", "eval-j2"]
+    );
+    let paid = store
+        .job_invoice_paid("eval-j1", "e0", "gw-test", NOW + 10 * 600_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(paid.state, JobState::Evaluating);
+    // The backend says j2's invoice expired unpaid: it is looked up no more.
+    store
+        .job_invoice_dead("eval-j2", NOW + 10 * 600_000)
+        .await
+        .unwrap();
+    assert!(store.pending_job_invoices(10).await.unwrap().is_empty());
+    assert!(
+        store
+            .job("j2")
+            .await
+            .unwrap()
+            .unwrap()
+            .invoice_dead_at_ms
+            .is_some()
+    );
+    assert_eq!(consistent_ledger(store).await.jobs_held, msat(EVAL_FEE));
+}
+
+/// A second gateway starting while another ran a long job failed it after
+/// 20 s of quiet, refunded it, and the operator paid the upstream anyway.
+pub async fn a_job_belongs_to_its_process_until_that_process_is_dead(db: &TestDb) {
+    let store = &*db.store;
+    job_executing(store, "j1", 100_000).await;
+    store.job_attempt("j1", "gw-a", NOW + 3).await.unwrap();
+    store.heartbeat("gw-a", NOW + 300_000).await.unwrap();
+    // Five minutes of quiet work: its process beats, so nobody takes it.
+    assert!(store.orphaned_jobs(NOW + 290_000).await.unwrap().is_empty());
+    // Its process stops beating: the job is an orphan, adopted by one process.
+    let orphans = store.orphaned_jobs(NOW + 400_000).await.unwrap();
+    assert_eq!(orphans.len(), 1);
+    assert_eq!(orphans[0].instance_id.as_deref(), Some("gw-a"));
+    assert!(
+        store
+            .adopt_job("j1", Some("gw-a"), "gw-b", NOW + 400_001)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .adopt_job("j1", Some("gw-a"), "gw-c", NOW + 400_002)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store
+            .job("j1")
+            .await
+            .unwrap()
+            .unwrap()
+            .instance_id
+            .as_deref(),
+        Some("gw-b")
+    );
+    // A job nobody ever took (an old row) is an orphan too.
+    job_executing(store, "j2", 100_000).await;
+    db.raw("UPDATE jobs SET instance_id = NULL WHERE id = 'j2'")
+        .await;
+    let orphans: Vec<String> = store
+        .orphaned_jobs(NOW)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
+    assert!(orphans.contains(&"j2".to_owned()));
+    assert!(store.adopt_job("j2", None, "gw-b", NOW + 5).await.unwrap());
+}
+
+/// Routing fees were dropped: `check-ledger` stayed "consistent" while the
+/// wallet paid more than the ledger said left.
+pub async fn routing_fees_are_on_the_books(db: &TestDb) {
+    let store = &*db.store;
+    job_executing(store, "j1", 100_000).await;
+    store
+        .job_finished(
+            "j1",
+            &completed(37_500),
+            &no_credit(),
+            NOW + 4,
+            REFUND_EXPIRES,
+            msat(DUST),
+        )
+        .await
+        .unwrap();
+    // Payout 62 sats; the claimant's invoice leaves 2 sats for routing.
+    let claim = RefundEvent::Claim {
+        invoice_amount: msat(60_000),
+        invoice_hash: "h1".into(),
+        invoice_expires_at_ms: NOW + 3_600_000,
+        max_fee_budget: msat(3_000),
+        min_fee_budget: Msat::ZERO,
+        now_ms: NOW + 5,
+    };
+    store.refund_event("refund_j1", claim).await.unwrap();
+    let paid = store
+        .refund_event(
+            "refund_j1",
+            RefundEvent::PayoutSucceeded {
+                payment_hash: "h1".into(),
+                preimage: "p1".into(),
+                fee: msat(1_250),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(paid.refund.state, RefundState::Claimed);
+    assert_eq!(
+        (paid.refund.claimed, paid.refund.fee),
+        (msat(60_000), msat(1_250))
+    );
+    let report = consistent_ledger(store).await;
+    assert_eq!(report.paid_out, msat(60_000));
+    assert_eq!(report.fees, msat(1_250));
+    // The unused 750 msat of the budget went to the pool (with the sub-sat rest).
+    assert_eq!(store.refund("refund_j1").await.unwrap().unwrap(), paid);
+}
+
+/// After a payout the backend reported failed, a new invoice was accepted at
+/// once: if the backend was wrong (an HTLC held on the route), the refund
+/// could be paid twice.
+pub async fn a_failed_payout_binds_its_invoice_until_it_expires(db: &TestDb) {
+    let store = &*db.store;
+    job_executing(store, "j1", 100_000).await;
+    store
+        .job_finished(
+            "j1",
+            &completed(37_500),
+            &no_credit(),
+            NOW + 4,
+            REFUND_EXPIRES,
+            msat(DUST),
+        )
+        .await
+        .unwrap();
+    let claim = |hash: &str, now: i64| RefundEvent::Claim {
+        invoice_amount: msat(62_000),
+        invoice_hash: hash.into(),
+        invoice_expires_at_ms: NOW + 60_000,
+        max_fee_budget: Msat::ZERO,
+        min_fee_budget: Msat::ZERO,
+        now_ms: now,
+    };
+    store
+        .refund_event("refund_j1", claim("h1", NOW + 5))
+        .await
+        .unwrap();
+    store
+        .refund_event(
+            "refund_j1",
+            RefundEvent::PayoutFailed {
+                payment_hash: "h1".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let r = store.refund("refund_j1").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            r.refund.state,
+            r.refund.failed_hash.as_deref(),
+            r.refund.invoice_expires_at_ms
+        ),
+        (RefundState::Pending, Some("h1"), NOW + 60_000)
+    );
+    assert!(matches!(
+        store.refund_event("refund_j1", claim("h2", NOW + 6)).await,
+        Err(RefundEventError::Refused(
+            RefundError::RetrySameInvoice { .. }
+        ))
+    ));
+    // The "failed" payment arrives after all: paid once, by that invoice.
+    let late = store
+        .refund_event(
+            "refund_j1",
+            RefundEvent::PayoutSucceeded {
+                payment_hash: "h1".into(),
+                preimage: "p".into(),
+                fee: Msat::ZERO,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(late.refund.state, RefundState::Claimed);
+    assert!(
+        store
+            .refund_event("refund_j1", claim("h2", NOW + 70_000))
+            .await
+            .is_err()
+    );
+    assert_eq!(consistent_ledger(store).await.paid_out, msat(62_000));
+}
+
+/// Ten one-sat answers reached `established`: standing must be what was
+/// paid, earned over distinct days.
+pub async fn paying_days_are_counted_once_a_day(db: &TestDb) {
+    let store = &*db.store;
+    let trust = TrustRules::default();
+    let paid = Interaction::Paid { paid: msat(1_000) };
+    for i in 0..10 {
+        store
+            .record_interaction("pk", paid, &trust, NOW + i)
+            .await
+            .unwrap();
+    }
+    let row = store.identity("pk").await.unwrap().unwrap();
+    assert_eq!((row.score, row.paid_days), (10, 1));
+    assert_eq!(trust.tier_of(row.score, row.paid_days), Tier::New);
+    store
+        .record_interaction("pk", Interaction::Free, &trust, NOW + DAY_MS)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.identity("pk").await.unwrap().unwrap().paid_days,
+        1,
+        "a free day is not a paying day"
+    );
+    store
+        .record_interaction("pk", paid, &trust, NOW + 2 * DAY_MS)
+        .await
+        .unwrap();
+    let row = store.identity("pk").await.unwrap().unwrap();
+    assert_eq!((row.score, row.paid_days), (11, 2));
+    assert_eq!(
+        row.last_paid_day,
+        Some(sluice_core::day_of(NOW + 2 * DAY_MS))
+    );
+}
+
+/// Balance columns are `i64`: amounts near the top must be refused or kept
+/// exactly, never wrapped.
+pub async fn amounts_near_the_i64_boundary_never_wrap(db: &TestDb) {
+    let store = &*db.store;
+    let top = u64::try_from(i64::MAX).unwrap();
+    let (s, inv) = new_session("big", top - 10);
+    store.create_session(&s, &inv).await.unwrap();
+    store
+        .credit_invoice(&inv.payment_hash, "00", NOW, &policy())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.session("big").await.unwrap().unwrap().balance,
+        msat(top - 10)
+    );
+    // A second deposit would overflow the balance: refused, nothing changes.
+    store
+        .add_invoice(&invoice("more", "big", 11, InvoicePurpose::Topup))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .credit_invoice("more", "00", NOW + 1, &policy())
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        store.session("big").await.unwrap().unwrap().balance,
+        msat(top - 10)
+    );
+    // A hold above i64::MAX is refused as an amount error, not stored.
+    assert!(store.hold(&hold("big", "huge", top + 1)).await.is_err());
+    assert!(store.request("huge").await.unwrap().is_none());
+    assert!(is_held(
+        &store.hold(&hold("big", "r1", top - 10)).await.unwrap()
+    ));
+    store.settle(&settle("r1", top)).await.unwrap();
+    let row = store.session("big").await.unwrap().unwrap();
+    assert_eq!((row.balance, row.spent), (Msat::ZERO, msat(top - 10)));
+    let r = store.request("r1").await.unwrap().unwrap();
+    assert_eq!(r.uncharged, Some(msat(10)));
+    consistent_ledger(store).await;
 }

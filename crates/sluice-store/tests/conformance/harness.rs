@@ -144,6 +144,32 @@ impl TestDb {
         }
     }
 
+    /// The migration versions recorded in the database `open_fresh_concurrently`
+    /// made, one row per application, in order.
+    pub async fn fresh_migrations(&self) -> Vec<i64> {
+        let sql = "SELECT version FROM _sqlx_migrations ORDER BY version";
+        match &self.backend {
+            Backend::Sqlite { _dir: dir, .. } => {
+                let url = format!("sqlite://{}", dir.path().join("fresh.db").display());
+                let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+                let v: Vec<i64> = sqlx::query_scalar(sql).fetch_all(&pool).await.unwrap();
+                pool.close().await;
+                v
+            }
+            Backend::Pg {
+                base_url, schema, ..
+            } => {
+                let options = PgConnectOptions::from_str(base_url)
+                    .unwrap()
+                    .options([("search_path", format!("{schema}_fresh"))]);
+                let pool = sqlx::PgPool::connect_with(options).await.unwrap();
+                let v: Vec<i64> = sqlx::query_scalar(sql).fetch_all(&pool).await.unwrap();
+                pool.close().await;
+                v
+            }
+        }
+    }
+
     /// A brand-new database (a second file, or a second schema) migrated only
     /// up to `version`, with `legacy_sql` run on it, then opened as a store (which
     /// applies the later migrations), as an upgraded gateway would find it.
@@ -296,6 +322,7 @@ pub fn hold(session: &str, request: &str, amount: u64) -> NewHold {
         now_ms: NOW,
         ttl_ms: TTL_MS,
         pubkey: None,
+        deadline_ms: NOW + 600_000,
     }
 }
 

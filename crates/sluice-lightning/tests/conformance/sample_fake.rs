@@ -1,9 +1,9 @@
-//! What the **recorded-response fakes** of LND and Core Lightning share (no
-//! LND or CLN binary runs here; see `recorded/README.md`):
+//! What the **sample-response fakes** of LND and Core Lightning share (no
+//! LND or CLN binary runs here; see `samples/README.md`):
 //! - [`FakeNetwork`]: fake nodes with real signing keys that issue real
 //!   BOLT11 invoices and settle each other's invoices atomically, charging
 //!   [`ROUTE_FEE_MSAT`] per payment, and remembering their failed attempts;
-//! - the recorded samples, and [`fill`], which puts values into a sample but
+//! - the samples, and [`fill`], which puts values into a sample but
 //!   refuses to invent a field the sample does not have;
 //! - [`replay`], a server answering fixed paths with samples verbatim, and
 //!   [`silent_server`], which accepts connections and never answers.
@@ -308,27 +308,27 @@ impl FakeNetwork {
     }
 }
 
-/// A recorded sample's text (`recorded/<path>`).
-pub fn recorded(path: &str) -> String {
+/// A sample's text (`samples/<path>`).
+pub fn sample(path: &str) -> String {
     let full = format!(
-        "{}/tests/conformance/recorded/{path}",
+        "{}/tests/conformance/samples/{path}",
         env!("CARGO_MANIFEST_DIR")
     );
     std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("cannot read {full}: {e}"))
 }
 
-/// A recorded JSON sample.
-pub fn recorded_json(path: &str) -> Value {
-    serde_json::from_str(&recorded(path)).unwrap_or_else(|e| panic!("{path} is not JSON: {e}"))
+/// A JSON sample.
+pub fn sample_json(path: &str) -> Value {
+    serde_json::from_str(&sample(path)).unwrap_or_else(|e| panic!("{path} is not JSON: {e}"))
 }
 
-/// Put `fields` into a recorded object, refusing any field it lacks: the
-/// fakes answer only in the recorded shape.
+/// Put `fields` into a sample object, refusing any field it lacks: the
+/// fakes answer only in the sample shape.
 pub fn fill(mut sample: Value, fields: &[(&str, Value)]) -> Value {
     for (k, v) in fields {
         assert!(
             sample.get(*k).is_some(),
-            "the recorded sample has no field {k:?}: {sample}"
+            "the sample has no field {k:?}: {sample}"
         );
         sample[*k] = v.clone();
     }
@@ -352,11 +352,11 @@ pub struct Replay {
 }
 
 impl Replay {
-    pub fn new(path: impl Into<String>, status: u16, sample: &str) -> Replay {
+    pub fn new(path: impl Into<String>, status: u16, file: &str) -> Replay {
         Replay {
             path: path.into(),
             status: StatusCode::from_u16(status).unwrap(),
-            body: recorded(sample),
+            body: sample(file),
         }
     }
 }
@@ -388,7 +388,7 @@ pub async fn replay(routes: Vec<Replay>) -> (String, Hits) {
                     .unwrap(),
                 None => Response::builder()
                     .status(StatusCode::NOT_FOUND)
-                    .body(Body::from("no recorded response for this path"))
+                    .body(Body::from("no sample response for this path"))
                     .unwrap(),
             }
         }
@@ -421,12 +421,12 @@ pub async fn silent_server() -> String {
 
 /// A regtest invoice for `hash` signed by a throwaway key, valid 10 minutes:
 /// the adapters check an invoice before paying it, so verbatim-replay tests
-/// need one matching their recorded preimage.
+/// need one matching their sample preimage.
 pub fn invoice_for_hash(hash: [u8; 32], amount_msat: u64) -> String {
     let secp = Secp256k1::new();
     let key = SecretKey::new(&mut rand::thread_rng());
     InvoiceBuilder::new(Currency::Regtest)
-        .description("recorded".into())
+        .description("sample".into())
         .amount_milli_satoshis(amount_msat)
         .payment_hash(sha256::Hash::from_byte_array(hash))
         .payment_secret(PaymentSecret(rand::random()))

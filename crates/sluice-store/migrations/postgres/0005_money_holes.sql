@@ -1,0 +1,35 @@
+-- Closing the money holes found by the audit (issue "Close every hole where a sat leaks").
+
+-- Sessions get their own `closed` state.
+ALTER TABLE sessions DROP CONSTRAINT sessions_state_check;
+ALTER TABLE sessions ADD CONSTRAINT sessions_state_check
+    CHECK (state IN ('awaiting_payment', 'active', 'paused', 'expired', 'closed'));
+
+-- Every hold has a deadline: any process releases a hold still open past it.
+ALTER TABLE requests ADD COLUMN deadline_at BIGINT;
+CREATE INDEX requests_held_deadline ON requests (deadline_at) WHERE status = 'held';
+
+-- Jobs belong to the gateway process running their phase, and a job invoice
+-- the backend reports expired unpaid is looked up no more.
+ALTER TABLE jobs ADD COLUMN instance_id TEXT;
+ALTER TABLE jobs ADD COLUMN invoice_dead_at BIGINT;
+
+-- After a payout the backend reported failed, the same invoice is retried
+-- until it expires (`failed_hash`, `retry_until`: the claimed invoice's expiry); the
+-- amount the claim invoice is for (`claimed_msat`, at most the payout: the rest is the
+-- claimant's routing-fee budget) and the fee the payout spent (`fee_msat`) are kept.
+ALTER TABLE refunds ADD COLUMN failed_hash TEXT;
+ALTER TABLE refunds ADD COLUMN retry_until BIGINT;
+ALTER TABLE refunds ADD COLUMN fee_msat BIGINT CHECK (fee_msat >= 0);
+ALTER TABLE refunds ADD COLUMN claimed_msat BIGINT CHECK (claimed_msat >= 0);
+
+-- The dev wallet has two sides: the gateway's invoices and the customer's.
+ALTER TABLE dev_invoices ADD COLUMN issuer TEXT NOT NULL DEFAULT 'gateway' CHECK (issuer IN ('gateway', 'customer'));
+
+-- Trust is earned over distinct days of paying.
+ALTER TABLE identities ADD COLUMN paid_days BIGINT NOT NULL DEFAULT 0 CHECK (paid_days >= 0);
+ALTER TABLE identities ADD COLUMN last_paid_day BIGINT;
+
+-- A payment proves at most one refund: no two refunds may be paid (or be
+-- paying) to the same invoice.
+CREATE UNIQUE INDEX refunds_payment_hash ON refunds (payment_hash);
