@@ -15,6 +15,10 @@
 //! 2. paid requests per second at saturation (64 concurrent clients);
 //! 3. the same request answered free for a Nostr identity (`X-Nostr-Token`, no payment):
 //!    its added latency one at a time (identity token, standing, decision, grant after the work).
+#![allow(
+    clippy::disallowed_methods,
+    reason = "a load generator measures with the host's clock and runs clients on bare tasks"
+)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{

@@ -186,7 +186,7 @@ pub async fn serve(
     // process's reconciler can mistake its first holds for abandoned ones.
     if let Err(e) = state
         .store
-        .heartbeat(&state.instance_id, crate::state::now_ms())
+        .heartbeat(&state.instance_id, state.now_ms())
         .await
     {
         tracing::error!(error = %e, "first heartbeat failed");
@@ -210,7 +210,7 @@ pub async fn serve(
         tracing::warn!("background work still running after 30 s; stopping anyway");
     }
     heartbeat.stop(drained).await;
-    state.estimates.flush(&state.store).await;
+    state.estimates.flush(&state.store, state.now_ms()).await;
     result
 }
 

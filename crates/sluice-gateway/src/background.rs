@@ -13,7 +13,7 @@ use sluice_lightning::{InvoiceStatus, PaymentHash, Settled};
 use sluice_store::{Credit, RequestStatus};
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::state::{AppState, now_ms};
+use crate::state::AppState;
 
 /// How often this process says it is alive: four times per staleness window.
 pub fn heartbeat_every(stale_after: Duration) -> Duration {
@@ -37,7 +37,7 @@ pub async fn credit(state: &AppState, hash: &PaymentHash, preimage_hex: &str) {
     };
     match state
         .store
-        .credit_invoice(&h, preimage_hex, now_ms(), &policy)
+        .credit_invoice(&h, preimage_hex, state.now_ms(), &policy)
         .await
     {
         Ok(Credit::Credited {
@@ -64,8 +64,8 @@ pub const EXPIRY_GRACE_MS: i64 = 10 * 60 * 1000;
 
 /// Whether an invoice the backend calls expired is past its grace (see
 /// [`EXPIRY_GRACE_MS`]), so it may be recorded as unpaid.
-pub fn past_expiry_grace(expires_at_ms: i64) -> bool {
-    now_ms() >= expires_at_ms.saturating_add(EXPIRY_GRACE_MS)
+pub fn past_expiry_grace(now_ms: i64, expires_at_ms: i64) -> bool {
+    now_ms >= expires_at_ms.saturating_add(EXPIRY_GRACE_MS)
 }
 
 /// Look up every pending invoice once; credit the settled, expire the expired
@@ -86,7 +86,7 @@ pub async fn poll_pending(state: &AppState) {
             Ok(InvoiceStatus::Settled { preimage, .. }) => {
                 credit(state, &hash, &preimage.to_hex()).await
             }
-            Ok(InvoiceStatus::Expired) if past_expiry_grace(inv.expires_at_ms) => {
+            Ok(InvoiceStatus::Expired) if past_expiry_grace(state.now_ms(), inv.expires_at_ms) => {
                 if let Err(e) = state.store.expire_invoice(&inv.payment_hash).await {
                     tracing::error!(error = %e, "could not expire an invoice");
                 }
@@ -110,7 +110,7 @@ async fn poll_all(state: &AppState) {
 /// Release the holds of gateway processes that stopped without settling, and
 /// every hold past its deadline (whichever process took it): a hold always ends.
 pub async fn reconcile_abandoned(state: &AppState) {
-    let now = now_ms();
+    let now = state.now_ms();
     let open = match state
         .store
         .abandoned_holds(state.stale_before(now), now, &state.instance_id)
@@ -128,7 +128,7 @@ pub async fn reconcile_abandoned(state: &AppState) {
             .release(
                 &r.id,
                 RequestStatus::Abandoned,
-                now_ms(),
+                state.now_ms(),
                 &state.policy_for(&r.session_id),
             )
             .await
@@ -204,18 +204,19 @@ pub fn spawn(state: &AppState) -> Heartbeat {
         }
     });
     let stop = tokio_util::sync::CancellationToken::new();
-    // Neither is a tracked task: shutdown waits for tracked work while these
-    // keep going. The heartbeat has a loop of its own, so a reconciler stuck
+    // Neither is on `state.tasks`: shutdown waits for that work while these
+    // keep going (they are stopped after it, through `stop`). The heartbeat has a loop of its own, so a reconciler stuck
     // on a slow Lightning node or database never lets this process's
     // heartbeat go stale (which would let peers take over its live holds).
     let (s, token) = (state.clone(), stop.clone());
-    let beat = tokio::spawn(async move {
+    let loops = tokio_util::task::TaskTracker::new();
+    let beat = loops.spawn(async move {
         let mut tick = tokio::time::interval(heartbeat_every(s.stale_after));
         loop {
             tokio::select! {
                 _ = token.cancelled() => break,
                 _ = tick.tick() => {
-                    if let Err(e) = s.store.heartbeat(&s.instance_id, now_ms()).await {
+                    if let Err(e) = s.store.heartbeat(&s.instance_id, s.now_ms()).await {
                         tracing::error!(error = %e, "heartbeat failed");
                     }
                 }
@@ -223,7 +224,7 @@ pub fn spawn(state: &AppState) -> Heartbeat {
         }
     });
     let (s, token) = (state.clone(), stop.clone());
-    let reconcilers = tokio::spawn(async move {
+    let reconcilers = loops.spawn(async move {
         let mut tick = tokio::time::interval(heartbeat_every(s.stale_after));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -23,10 +23,7 @@
 //! - the gateway dies mid-request: the hold is released by any live process
 //!   (see `background.rs`).
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     Extension, Json,
@@ -51,7 +48,7 @@ use crate::{
     extract::ClientIp,
     identity::Identity,
     request::ChatBody,
-    state::{AppState, new_id, now_ms},
+    state::AppState,
     tokens,
     upstream::{
         ChatCall, ChunkStream, Upstream, UpstreamError, chunk_text, finish_reason_of, usage_of,
@@ -73,7 +70,7 @@ struct Meter {
     hold: Msat,
     input_estimate: u64,
     upstream: Arc<dyn Upstream>,
-    started: Instant,
+    started: sluice_env::Stopwatch,
     class: sluice_core::RequestClass,
     default_max_output: u64,
     p90_cost: Option<Msat>,
@@ -204,7 +201,7 @@ impl Meter {
                         latency_ms: u64::try_from(self.started.elapsed().as_millis())
                             .unwrap_or(u64::MAX),
                         status,
-                        now_ms: now_ms(),
+                        now_ms: self.state.now_ms(),
                         policy: self.state.policy_for(session_id),
                         grant: ask,
                         accounting: self.state.free.accounting,
@@ -222,7 +219,7 @@ impl Meter {
                                 a,
                                 actual,
                                 &self.state.free.accounting,
-                                now_ms(),
+                                self.state.now_ms(),
                             )
                             .await?
                     }
@@ -269,9 +266,12 @@ impl Meter {
             payer: self.payer_key.clone(),
         };
         let state = self.state.clone();
-        self.state
-            .tasks
-            .spawn(async move { state.estimates.observe(&state.store, o).await });
+        self.state.tasks.spawn(async move {
+            state
+                .estimates
+                .observe(&state.store, o, state.now_ms())
+                .await
+        });
     }
 
     async fn release(&self, why: &UpstreamError) {
@@ -283,9 +283,12 @@ impl Meter {
         let policy = self.state.policy_for(session_id);
         let (result, _) = self
             .retrying("release a hold", || {
-                self.state
-                    .store
-                    .release(&self.request_id, RequestStatus::Failed, now_ms(), &policy)
+                self.state.store.release(
+                    &self.request_id,
+                    RequestStatus::Failed,
+                    self.state.now_ms(),
+                    &policy,
+                )
             })
             .await;
         if let Err(e) = result {
@@ -371,7 +374,7 @@ pub async fn chat_completions(
     headers: HeaderMap,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let now = now_ms();
+    let now = state.now_ms();
     let payer = auth::payer(&state, &headers, u64::try_from(now / 1000).unwrap_or(0)).await?;
     let Json(v) = body?;
     let req = ChatBody::parse(v)?;
@@ -429,7 +432,7 @@ pub async fn chat_completions(
     let hold_deadline = tokio::time::Instant::now() + model.hold_lifetime();
     let meter = |session_id: Option<String>, free: Option<crate::free::FreeDecision>| Meter {
         state: state.clone(),
-        request_id: new_id("req"),
+        request_id: state.new_id("req"),
         session_id,
         free,
         public_model: model.name.clone(),
@@ -439,7 +442,7 @@ pub async fn chat_completions(
         hold,
         input_estimate: input,
         upstream: model.upstream.clone(),
-        started: Instant::now(),
+        started: sluice_env::Stopwatch::start(),
         class: priced.class,
         default_max_output: model.budget.default_max_output,
         p90_cost: priced.quote.as_ref().map(|q| q.cost_p90),

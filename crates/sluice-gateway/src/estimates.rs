@@ -22,8 +22,6 @@ use sluice_core::{
 };
 use sluice_store::Store;
 
-use crate::state::now_ms;
-
 /// An estimator is saved on its 1st, 17th, 33rd... observation.
 pub const SAVE_EVERY: u64 = 16;
 
@@ -83,11 +81,11 @@ impl Estimators {
     }
 
     /// Count one observation from `payer`; false when it is over its hourly share.
-    fn within_share(&self, o: &Observed) -> bool {
+    fn within_share(&self, o: &Observed, now_ms: i64) -> bool {
         if self.per_payer_per_hour == 0 {
             return true;
         }
-        let hour = now_ms() / 3_600_000;
+        let hour = now_ms / 3_600_000;
         let Ok(mut learned) = self.learned.lock() else {
             return false;
         };
@@ -136,13 +134,13 @@ impl Estimators {
 
     /// Learn from a settled request and save the estimator; record whether its
     /// actual cost was within the P90 estimate made before it ran.
-    pub async fn observe(&self, store: &Arc<dyn Store>, o: Observed) {
+    pub async fn observe(&self, store: &Arc<dyn Store>, o: Observed, now_ms: i64) {
         if let Ok(mut c) = self.calibration.lock() {
             c.entry(o.model.clone())
                 .or_default()
                 .record(o.actual, o.p90_estimate);
         }
-        if !self.within_share(&o) {
+        if !self.within_share(&o, now_ms) {
             return;
         }
         let Some(mut e) = self
@@ -161,7 +159,7 @@ impl Estimators {
             m.insert((o.model.clone(), o.class), e);
         }
         if let Err(err) = store
-            .save_estimator_state(&o.model, o.class.as_str(), &state, now_ms())
+            .save_estimator_state(&o.model, o.class.as_str(), &state, now_ms)
             .await
         {
             tracing::warn!(error = %err, "could not save an output estimator");
@@ -169,7 +167,7 @@ impl Estimators {
     }
 
     /// Save every estimator (at shutdown, so a graceful restart forgets nothing).
-    pub async fn flush(&self, store: &Arc<dyn Store>) {
+    pub async fn flush(&self, store: &Arc<dyn Store>, now_ms: i64) {
         let states: Vec<((String, RequestClass), String)> = match self.map.lock() {
             Ok(m) => m
                 .iter()
@@ -179,7 +177,7 @@ impl Estimators {
         };
         for ((model, class), state) in states {
             if let Err(err) = store
-                .save_estimator_state(&model, class.as_str(), &state, now_ms())
+                .save_estimator_state(&model, class.as_str(), &state, now_ms)
                 .await
             {
                 tracing::warn!(error = %err, "could not save an output estimator");

@@ -32,11 +32,7 @@ use sluice_core::{
 use sluice_store::{Accounting, GrantAsk, GrantKind, IdentityRow};
 
 use crate::{
-    error::ApiError,
-    extract::ApiQuery,
-    identity::Identity,
-    request::ChatBody,
-    state::{AppState, new_id, now_ms},
+    error::ApiError, extract::ApiQuery, identity::Identity, request::ChatBody, state::AppState,
     upstream::ChatCall,
 };
 
@@ -166,7 +162,7 @@ pub async fn decide_for_pubkey(
     model: &str,
     kind: GrantKind,
 ) -> Result<FreeDecision, ApiError> {
-    let now = now_ms();
+    let now = state.now_ms();
     let s = standing(state, pubkey, now).await?;
     if !state.free.enabled {
         return Ok(FreeDecision {
@@ -289,7 +285,7 @@ impl Drop for Reservation {
 
 /// `GET /v1/pool`: the generosity pool.
 pub async fn pool(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let p = state.store.pool_status(day_of(now_ms())).await?;
+    let p = state.store.pool_status(day_of(state.now_ms())).await?;
     let a = state.free.allowances;
     let r = state.free.accounting.trust;
     Ok(Json(json!({
@@ -394,7 +390,7 @@ pub async fn demo(
         ),
     });
     let actual = charge_for_settlement(&model.rates, usage, priced.btc);
-    let id = new_id("demo");
+    let id = state.new_id("demo");
     let ask = GrantAsk {
         kind: GrantKind::Demo,
         pubkey: None,
@@ -405,7 +401,7 @@ pub async fn demo(
     };
     let absorbed = state
         .store
-        .record_grant(&id, &ask, actual, &state.free.accounting, now_ms())
+        .record_grant(&id, &ask, actual, &state.free.accounting, state.now_ms())
         .await?;
     tracing::info!(demo_id = %id, cost_msat = actual.msat(), absorbed_msat = absorbed.msat(), "demo answered");
     Ok(Json(json!({

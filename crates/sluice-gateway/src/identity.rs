@@ -29,10 +29,7 @@ use sluice_proto::{
 };
 use sluice_store::{ChallengeUse, NewVouch, VouchOutcome};
 
-use crate::{
-    error::ApiError,
-    state::{AppState, now_ms},
-};
+use crate::{error::ApiError, state::AppState};
 
 /// The header carrying an identity token.
 pub const TOKEN_HEADER: &str = "x-nostr-token";
@@ -80,10 +77,6 @@ pub fn is_nostr_auth(value: &str) -> bool {
     value
         .split_once(' ')
         .is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("nostr"))
-}
-
-fn now_secs() -> u64 {
-    u64::try_from(now_ms() / 1000).unwrap_or(0)
 }
 
 /// The absolute URL a client signed for: the configured public URL, or the
@@ -155,8 +148,9 @@ async fn identify_inner(
         ));
     }
     if let Some(token) = token {
-        let claims = macaroon::verify_identity_token(&state.root_secret, &token, now_secs())
-            .map_err(token_error)?;
+        let claims =
+            macaroon::verify_identity_token(&state.root_secret, &token, state.clock.now_secs())
+                .map_err(token_error)?;
         let mut req = req;
         req.extensions_mut().insert(Identity {
             pubkey: claims.pubkey,
@@ -174,7 +168,7 @@ async fn identify_inner(
         .await
         .map_err(|_| ApiError::too_large("the request body is too large"))?;
     let url = request_url(state, &parts.headers, &parts.uri);
-    let now = now_secs();
+    let now = state.clock.now_secs();
     let window = state.identity.event_window_secs;
     let auth = nostr::verify_http_auth(
         &header_value,
@@ -193,7 +187,7 @@ async fn identify_inner(
         .saturating_mul(1000);
     if !state
         .store
-        .remember_event(&auth.event_id, keep_until, now_ms())
+        .remember_event(&auth.event_id, keep_until, state.now_ms())
         .await?
     {
         return Err(ApiError::unauthorized(
@@ -211,9 +205,9 @@ async fn identify_inner(
 
 /// `POST /v1/identity/challenge`: a nonce to sign.
 pub async fn challenge(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let nonce = hex::encode(rand::random::<[u8; 32]>());
+    let nonce = hex::encode(sluice_env::secret::<32>());
     let ttl = state.identity.challenge_ttl_secs;
-    let expires_at = now_secs().saturating_add(ttl);
+    let expires_at = state.clock.now_secs().saturating_add(ttl);
     state
         .store
         .create_challenge(
@@ -255,7 +249,7 @@ pub async fn verify(
         .tag("challenge")
         .map(str::to_owned)
         .unwrap_or_else(|| event.content.clone());
-    let now = now_secs();
+    let now = state.clock.now_secs();
     // Check the signature before using up the challenge, so nobody can burn
     // another's nonce with a forged event.
     let pubkey = nostr::verify_login(
@@ -268,7 +262,11 @@ pub async fn verify(
             .max(state.identity.event_window_secs),
     )
     .map_err(nostr_error)?;
-    match state.store.consume_challenge(&nonce, now_ms()).await? {
+    match state
+        .store
+        .consume_challenge(&nonce, state.now_ms())
+        .await?
+    {
         ChallengeUse::Consumed => {}
         ChallengeUse::Expired => {
             return Err(ApiError::unauthorized(
@@ -287,7 +285,7 @@ pub async fn verify(
     let token = macaroon::mint_identity_token(&state.root_secret, &pubkey, expires_at)
         .map_err(|e| ApiError::internal(&e))?;
     // Marks the identity seen (created the first time).
-    let standing = crate::free::standing(&state, &pubkey, now_ms()).await?;
+    let standing = crate::free::standing(&state, &pubkey, state.now_ms()).await?;
     tracing::info!(tier = standing.tier.as_str(), "identity logged in");
     Ok(Json(json!({
         "token": token.to_base64(),
@@ -314,7 +312,7 @@ pub async fn me(
     identity: Option<Extension<Identity>>,
 ) -> Result<Json<Value>, ApiError> {
     let id = required(identity)?;
-    let s = crate::free::standing(&state, &id.pubkey, now_ms()).await?;
+    let s = crate::free::standing(&state, &id.pubkey, state.now_ms()).await?;
     let vouchees = state.store.vouchees_of(&id.pubkey).await?;
     Ok(Json(json!({
         "pubkey": id.pubkey,
@@ -357,9 +355,13 @@ pub async fn vouch(
             format!("expected {{\"event\": <signed Nostr vouch event>}}: {e}"),
         )
     })?;
-    let vouch = nostr::verify_vouch(&event, now_secs(), state.identity.challenge_ttl_secs)
-        .map_err(nostr_error)?;
-    let now = now_ms();
+    let vouch = nostr::verify_vouch(
+        &event,
+        state.clock.now_secs(),
+        state.identity.challenge_ttl_secs,
+    )
+    .map_err(nostr_error)?;
+    let now = state.now_ms();
     let voucher = crate::free::standing(&state, &vouch.voucher, now).await?;
     if voucher.own_tier != Tier::Elite {
         return Err(ApiError::forbidden(

@@ -40,7 +40,7 @@ use crate::{
     extract::{ApiPath, ApiQuery},
     request::ChatBody,
     sessions::lightning_error,
-    state::{AppState, log_ref, new_id, now_ms},
+    state::{AppState, log_ref},
     upstream::{ChatCall, Completion},
 };
 
@@ -124,7 +124,7 @@ pub async fn create(
         .create_invoice(fee, "sluice job evaluation fee", state.invoice_expiry)
         .await
         .map_err(lightning_error)?;
-    let id = new_id("job");
+    let id = state.new_id("job");
     let eval_invoice = invoice_of(&inv);
     state
         .store
@@ -134,7 +134,7 @@ pub async fn create(
             eval_model: models.eval,
             work_model: models.work,
             eval_invoice: eval_invoice.clone(),
-            created_at_ms: now_ms(),
+            created_at_ms: state.now_ms(),
             pubkey: crate::identity::pubkey_of(&identity),
         })
         .await?;
@@ -145,7 +145,7 @@ pub async fn create(
         "eval_invoice": invoice_json(&state, &eval_invoice),
     });
     if let Some(Extension(i)) = &identity {
-        let s = crate::free::standing(&state, &i.pubkey, now_ms()).await?;
+        let s = crate::free::standing(&state, &i.pubkey, state.now_ms()).await?;
         body["pubkey"] = i.pubkey.clone().into();
         body["trust_tier"] = s.tier.as_str().into();
     }
@@ -260,7 +260,12 @@ async fn job_json(state: &AppState, job: &JobRow) -> Result<Value, ApiError> {
 pub async fn invoice_paid(state: &AppState, payment_hash: &str, preimage_hex: &str) -> bool {
     match state
         .store
-        .job_invoice_paid(payment_hash, preimage_hex, &state.instance_id, now_ms())
+        .job_invoice_paid(
+            payment_hash,
+            preimage_hex,
+            &state.instance_id,
+            state.now_ms(),
+        )
         .await
     {
         Ok(Some(job)) => {
@@ -305,7 +310,9 @@ fn parse_verdict(text: &str) -> Option<(bool, String)> {
 }
 
 fn refund_expiry(state: &AppState) -> i64 {
-    now_ms().saturating_add(ms(state.jobs.refund_expiry_secs))
+    state
+        .now_ms()
+        .saturating_add(ms(state.jobs.refund_expiry_secs))
 }
 
 fn dust(state: &AppState) -> Msat {
@@ -354,7 +361,7 @@ pub async fn evaluate(state: &AppState, id: &str) {
     }
     if let Err(e) = state
         .store
-        .job_attempt(id, &state.instance_id, now_ms())
+        .job_attempt(id, &state.instance_id, state.now_ms())
         .await
     {
         tracing::error!(job = %log_ref(id), error = %e, "could not count an attempt");
@@ -384,7 +391,7 @@ pub async fn evaluate(state: &AppState, id: &str) {
             id,
             &outcome,
             &state.free.accounting,
-            now_ms(),
+            state.now_ms(),
             refund_expiry(state),
             dust(state),
         )
@@ -461,7 +468,7 @@ pub async fn execute(state: &AppState, id: &str) {
     }
     if let Err(e) = state
         .store
-        .job_attempt(id, &state.instance_id, now_ms())
+        .job_attempt(id, &state.instance_id, state.now_ms())
         .await
     {
         tracing::error!(job = %log_ref(id), error = %e, "could not count an attempt");
@@ -475,7 +482,7 @@ pub async fn execute(state: &AppState, id: &str) {
             id,
             &outcome,
             &state.free.accounting,
-            now_ms(),
+            state.now_ms(),
             refund_expiry(state),
             dust(state),
         )
@@ -545,11 +552,11 @@ pub async fn poll_pending(state: &AppState) {
                 invoice_paid(state, &p.payment_hash, &preimage.to_hex()).await;
             }
             Ok(sluice_lightning::InvoiceStatus::Expired)
-                if crate::background::past_expiry_grace(p.expires_at_ms) =>
+                if crate::background::past_expiry_grace(state.now_ms(), p.expires_at_ms) =>
             {
                 if let Err(e) = state
                     .store
-                    .job_invoice_dead(&p.payment_hash, now_ms())
+                    .job_invoice_dead(&p.payment_hash, state.now_ms())
                     .await
                 {
                     tracing::warn!(job = %log_ref(&p.job_id), error = %e, "could not mark a job invoice expired");
@@ -578,7 +585,7 @@ pub async fn reconcile(state: &AppState) {
     if state.job_models.is_none() {
         return;
     }
-    let now = now_ms();
+    let now = state.now_ms();
     let orphans = match state.store.orphaned_jobs(state.stale_before(now)).await {
         Ok(o) => o,
         Err(e) => {
@@ -611,7 +618,7 @@ pub async fn reconcile(state: &AppState) {
                         &job.id,
                         &failed,
                         &state.free.accounting,
-                        now_ms(),
+                        state.now_ms(),
                         refund_expiry(state),
                         dust(state),
                     )
@@ -635,7 +642,7 @@ pub async fn reconcile(state: &AppState) {
 /// last payout the backend reported failed is looked up first: if that
 /// payment arrived after all, it is the refund's payout, not the pool's.
 pub async fn expire_refunds(state: &AppState) {
-    let now = now_ms();
+    let now = state.now_ms();
     let Ok(expired) = state.store.expired_refunds(now).await else {
         return;
     };
@@ -659,7 +666,7 @@ pub async fn expire_refunds(state: &AppState) {
                 Ok(sluice_lightning::PaymentStatus::Pending) | Err(_) => continue,
             }
         }
-        match state.store.refund_event(&r.id, event).await {
+        match state.store.refund_event(&r.id, event, state.now_ms()).await {
             Ok(row) => {
                 tracing::info!(refund = %log_ref(&r.id), state = row.refund.state.as_str(), "unclaimed refund settled at its expiry")
             }

@@ -28,7 +28,7 @@ use crate::{
     auth::Payer,
     error::ApiError,
     sessions::{invoice_json, invoice_row, lightning_error, ms},
-    state::{AppState, now_ms},
+    state::AppState,
 };
 
 /// The service name in `services=` and the prefix of `_capabilities`/`_valid_until`.
@@ -96,8 +96,12 @@ pub async fn challenge(
         .create_invoice(amount, "sluice L402 token", state.invoice_expiry)
         .await
         .map_err(lightning_error)?;
-    let now = now_ms();
-    let token_id = token.unwrap_or_else(rand::random);
+    let now = state.now_ms();
+    let token_id = token.unwrap_or_else(|| {
+        let mut id = [0u8; 32];
+        state.ids.fill(&mut id);
+        id
+    });
     let session_id = token_session(&token_id);
     match token {
         None => {
@@ -140,7 +144,7 @@ pub async fn challenge(
     };
     let root = state
         .store
-        .secret(&root_key_name(&id), rand::random())
+        .secret(&root_key_name(&id), sluice_env::secret())
         .await?;
     let valid_until = unix(now)
         .saturating_add(state.l402.valid_secs)
@@ -189,7 +193,7 @@ pub async fn authenticate(state: &AppState, header: &str) -> Result<Payer, ApiEr
         .secret_get(&root_key_name(&id))
         .await?
         .ok_or_else(|| l402_error(L402Error::UnknownToken))?;
-    let now = now_ms();
+    let now = state.now_ms();
     let claims =
         l402::verify(&m, id, &root, SERVICE, CAPABILITY_CHAT, unix(now)).map_err(l402_error)?;
     let session_id = token_session(&id.token_id);

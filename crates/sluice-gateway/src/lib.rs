@@ -34,4 +34,4 @@ pub mod wiring;
 pub use app::{app, serve};
 pub use config::Config;
 pub use state::AppState;
-pub use wiring::{BuildError, build_state, build_state_with_store};
+pub use wiring::{BuildError, Env, build_state, build_state_with, build_state_with_store};

@@ -10,10 +10,7 @@
 //! used, however old, and [`PriceOracle::status`] says when it is older than
 //! `max_age` (`/healthz` reports it); with none, the configured fallback.
 
-use std::{
-    sync::Mutex,
-    time::{Duration, Instant},
-};
+use std::{sync::Mutex, time::Duration};
 
 use async_trait::async_trait;
 use sluice_core::{BtcUsd, UsdMicros};
@@ -91,7 +88,7 @@ pub struct HttpOracle {
     max_move_pct: u32,
     max_age: Duration,
     /// The last good price and when it was fetched.
-    last_good: Mutex<Option<(Instant, BtcUsd)>>,
+    last_good: Mutex<Option<(sluice_env::Stopwatch, BtcUsd)>>,
 }
 
 /// Whether `quote` is within a factor of `1 + pct/100` of `reference`, up or
@@ -204,7 +201,7 @@ impl PriceOracle for HttpOracle {
         match self.fetch().await {
             Ok(p) if self.plausible(p) => {
                 if let Ok(mut guard) = self.last_good.lock() {
-                    *guard = Some((Instant::now(), p));
+                    *guard = Some((sluice_env::Stopwatch::start(), p));
                 }
                 return (p, PriceSource::Live);
             }

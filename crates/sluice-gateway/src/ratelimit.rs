@@ -5,7 +5,7 @@ use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
     sync::Mutex,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use axum::{
@@ -14,13 +14,15 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
+use sluice_env::Stopwatch;
+
 use crate::{error::ApiError, state::AppState};
 
 /// Allows `limit` requests per IP per window.
 pub struct RateLimiter {
     limit: u32,
     window: Duration,
-    seen: Mutex<HashMap<Option<IpAddr>, (Instant, u32)>>,
+    seen: Mutex<HashMap<Option<IpAddr>, (Stopwatch, u32)>>,
 }
 
 impl RateLimiter {
@@ -40,23 +42,18 @@ impl RateLimiter {
             return Ok(());
         }
         let ip = ip.map(client_key);
-        let now = Instant::now();
         let Ok(mut seen) = self.seen.lock() else {
             return Ok(());
         };
         if seen.len() > 100_000 {
-            seen.retain(|_, (start, _)| now.duration_since(*start) < self.window);
+            seen.retain(|_, (start, _)| !start.is_older_than(self.window));
         }
-        let e = seen.entry(ip).or_insert((now, 0));
-        if now.duration_since(e.0) >= self.window {
-            *e = (now, 0);
+        let e = seen.entry(ip).or_insert((Stopwatch::start(), 0));
+        if e.0.is_older_than(self.window) {
+            *e = (Stopwatch::start(), 0);
         }
         if e.1 >= self.limit {
-            return Err(self
-                .window
-                .saturating_sub(now.duration_since(e.0))
-                .as_secs()
-                .max(1));
+            return Err(self.window.saturating_sub(e.0.elapsed()).as_secs().max(1));
         }
         e.1 += 1;
         Ok(())

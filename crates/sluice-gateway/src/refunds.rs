@@ -28,7 +28,7 @@ use crate::{
     auth::authenticate_owner,
     error::ApiError,
     extract::ApiPath,
-    state::{AppState, log_ref, now_ms},
+    state::{AppState, log_ref},
 };
 
 /// Body of a refund claim.
@@ -130,8 +130,9 @@ async fn usable_invoice(
     })?;
     let hash = inv.payment_hash.to_hex();
     // A few minutes' slack for the wallet's clock.
-    let latest = u64::try_from(now_ms() / 1000)
-        .unwrap_or(0)
+    let latest = state
+        .clock
+        .now_secs()
         .saturating_add(state.refunds.max_invoice_expiry_secs)
         .saturating_add(EXPIRY_SLACK_SECS);
     if inv.expires_at > latest {
@@ -182,9 +183,13 @@ pub async fn claim(state: &AppState, refund_id: &str, invoice: &str) -> Result<R
             .unwrap_or(i64::MAX),
         max_fee_budget: most,
         min_fee_budget: least,
-        now_ms: now_ms(),
+        now_ms: state.now_ms(),
     };
-    let claimed = match state.store.refund_event(refund_id, claim).await {
+    let claimed = match state
+        .store
+        .refund_event(refund_id, claim, state.now_ms())
+        .await
+    {
         Ok(r) => r,
         Err(RefundEventError::Refused(RefundError::AlreadyClaimed { payment_hash })) => {
             let body = json!({
@@ -197,7 +202,13 @@ pub async fn claim(state: &AppState, refund_id: &str, invoice: &str) -> Result<R
             // Late: the payout goes to the pool now, in its own step.
             let _ = state
                 .store
-                .refund_event(refund_id, RefundEvent::Expire { now_ms: now_ms() })
+                .refund_event(
+                    refund_id,
+                    RefundEvent::Expire {
+                        now_ms: state.now_ms(),
+                    },
+                    state.now_ms(),
+                )
                 .await;
             return Err(refund_error(RefundError::Expired { expires_at_ms }));
         }
@@ -248,7 +259,7 @@ pub async fn claim(state: &AppState, refund_id: &str, invoice: &str) -> Result<R
                 json!({"state": "paying", "payment_hash": hash, "message": format!("the payout's outcome is not known yet ({e}); it will not be paid twice")}),
             ),
         };
-        if let Err(e) = s.store.refund_event(&rid, event).await {
+        if let Err(e) = s.store.refund_event(&rid, event, s.now_ms()).await {
             tracing::error!(refund = %log_ref(&rid), error = %e, "could not record a payout outcome");
         }
         (status, body)
@@ -271,7 +282,7 @@ async fn settle_failed_before_new_invoice(
     };
     if failed == new_hash
         || r.refund.state != sluice_core::RefundState::Pending
-        || now_ms() < r.refund.invoice_expires_at_ms
+        || state.now_ms() < r.refund.invoice_expires_at_ms
     {
         // Same invoice, or not yet expired: the state machine decides.
         return Ok(None);
@@ -284,7 +295,7 @@ async fn settle_failed_before_new_invoice(
                 preimage: preimage.to_hex(),
                 fee,
             };
-            if let Err(e) = state.store.refund_event(&r.id, event).await {
+            if let Err(e) = state.store.refund_event(&r.id, event, state.now_ms()).await {
                 tracing::error!(refund = %log_ref(&r.id), error = %e, "could not record a late payout");
             }
             let body = json!({
@@ -318,7 +329,7 @@ async fn settle_failed_before_new_invoice(
 pub async fn reconcile(state: &AppState) {
     let Ok(paying) = state
         .store
-        .paying_refunds(state.stale_before(now_ms()))
+        .paying_refunds(state.stale_before(state.now_ms()))
         .await
     else {
         return;
@@ -345,7 +356,7 @@ pub async fn reconcile(state: &AppState) {
                 continue;
             }
         };
-        match state.store.refund_event(&r.id, event).await {
+        match state.store.refund_event(&r.id, event, state.now_ms()).await {
             Ok(row) => {
                 tracing::info!(refund = %log_ref(&r.id), state = row.refund.state.as_str(), "payout reconciled")
             }
@@ -357,7 +368,7 @@ pub async fn reconcile(state: &AppState) {
 }
 
 fn refund_expiry(state: &AppState) -> i64 {
-    now_ms().saturating_add(
+    state.now_ms().saturating_add(
         i64::try_from(state.jobs.refund_expiry_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
     )
 }
@@ -368,7 +379,7 @@ async fn close(state: &AppState, session_id: &str) -> Result<Option<RefundRow>, 
         .store
         .close_session(
             session_id,
-            now_ms(),
+            state.now_ms(),
             refund_expiry(state),
             dust_threshold(state),
         )
@@ -450,12 +461,7 @@ pub async fn close_session(
     ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    authenticate_owner(
-        &state,
-        &headers,
-        &id,
-        u64::try_from(now_ms() / 1000).unwrap_or(0),
-    )?;
+    authenticate_owner(&state, &headers, &id, state.clock.now_secs())?;
     let refund = close(&state, &id).await?;
     tracing::info!(session_id = %id, refund = refund.is_some(), "session closed");
     Ok(Json(json!({
@@ -475,12 +481,7 @@ pub async fn claim_session(
     headers: HeaderMap,
     body: Result<Json<ClaimBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    authenticate_owner(
-        &state,
-        &headers,
-        &id,
-        u64::try_from(now_ms() / 1000).unwrap_or(0),
-    )?;
+    authenticate_owner(&state, &headers, &id, state.clock.now_secs())?;
     let Json(b) = body?;
     let r = refund_to_claim(&state, &id, b.refund_id.as_deref()).await?;
     claim(&state, &r.id, &b.invoice).await

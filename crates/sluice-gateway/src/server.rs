@@ -114,6 +114,8 @@ pub async fn run(
         .header_read_timeout(limits.header_timeout)
         .max_buf_size(limits.max_header_buffer.max(8192));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Every connection's task (the drain below waits for the served ones).
+    let connections = tokio_util::task::TaskTracker::new();
     let open = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let clients = Arc::new(PerClient::default());
     tokio::pin!(shutdown);
@@ -139,7 +141,7 @@ pub async fn run(
         };
         let Some(slot) = clients.take(client_key(addr.ip()), limits.per_ip.max(1)) else {
             tracing::debug!(client = %client_key(addr.ip()), "too many connections from one client; refused");
-            tokio::spawn(refuse(stream));
+            connections.spawn(refuse(stream));
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -151,7 +153,7 @@ pub async fn run(
             });
         let conn = http.serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
-        tokio::spawn(async move {
+        connections.spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection closed with an error");
             }

@@ -18,7 +18,7 @@ use crate::{
     auth::authenticate_for,
     error::ApiError,
     extract::{ApiPath, ClientIp},
-    state::{AppState, new_id, now_ms},
+    state::AppState,
 };
 
 /// Body of `POST /v1/sessions` and `POST /v1/sessions/{id}/topup`.
@@ -106,9 +106,9 @@ pub async fn create(
     body: Result<Json<AmountBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let sats = parse_amount(body)?;
-    let id = new_id("ses");
+    let id = state.new_id("ses");
     let inv = new_invoice(&state, sats, &format!("sluice session {id} deposit")).await?;
-    let now = now_ms();
+    let now = state.now_ms();
     state
         .store
         .create_session(
@@ -148,7 +148,7 @@ pub async fn get(
     ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let now = now_ms();
+    let now = state.now_ms();
     authenticate_for(
         &state,
         &headers,
@@ -185,7 +185,7 @@ pub async fn topup(
     headers: HeaderMap,
     body: Result<Json<AmountBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let now = now_ms();
+    let now = state.now_ms();
     authenticate_for(
         &state,
         &headers,

@@ -3,6 +3,7 @@
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use sluice_core::{ModelRates, OutputBudget, SessionPolicy};
+use sluice_env::{Clock, Ids};
 use sluice_lightning::{Lightning, dev::DevWallet, lnbits::LnBits};
 use sluice_store::Store;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -54,6 +55,10 @@ pub const HOLD_GRACE: Duration = Duration::from_secs(60);
 pub struct AppState {
     /// The database.
     pub store: Arc<dyn Store>,
+    /// The wall clock every decision and stored time reads.
+    pub clock: Arc<dyn Clock>,
+    /// Where new ids come from.
+    pub ids: Arc<dyn Ids>,
     /// The Lightning backend.
     pub lightning: Arc<dyn Lightning>,
     /// The dev wallet, when it is the backend (mounts `/v1/dev/pay`).
@@ -121,6 +126,16 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Unix milliseconds now, by the gateway's clock.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// A fresh id: `prefix_` and 24 hex digits.
+    pub fn new_id(&self, prefix: &str) -> String {
+        self.ids.new_id(prefix)
+    }
+
     /// Before this instant (ms), a gateway process that has not sent a
     /// heartbeat, or a payout that has not moved, counts as stopped at `now_ms`.
     pub fn stale_before(&self, now_ms: i64) -> i64 {
@@ -141,14 +156,6 @@ impl AppState {
     }
 }
 
-/// Unix milliseconds now.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 /// How a capability (a job id, and the refund id derived from it) appears in
 /// logs: a short hash that ties log lines together without granting anything.
 /// Other ids (sessions, requests) are not capabilities and are logged as they are.
@@ -160,9 +167,4 @@ pub fn log_ref(id: &str) -> String {
     }
     let digest = sha2::Sha256::digest(id.as_bytes());
     format!("job#{}", hex::encode(&digest[..6]))
-}
-
-/// A random id with a prefix.
-pub fn new_id(prefix: &str) -> String {
-    format!("{prefix}_{}", hex::encode(rand::random::<[u8; 12]>()))
 }

@@ -290,7 +290,8 @@ pub async fn spawn_fake_openai(b: FakeBehaviour) -> std::io::Result<FakeUpstream
         .route("/v1/chat/completions", post(chat))
         .with_state(f.clone());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
+    // The fake lives until its `FakeUpstream` is dropped (which sends `tx`).
+    tokio_util::task::TaskTracker::new().spawn(async move {
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 let _ = rx.await;

@@ -5,6 +5,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use sluice_core::{BtcUsd, ModelRates, Msat, OutputBudget, SessionPolicy};
+use sluice_env::{Clock, Ids, OsIds, SystemClock};
 use sluice_lightning::{
     Lightning, LightningError, PaymentHash, Preimage,
     dev::{DevInvoiceRecord, DevSide, DevWallet, DevWalletStore},
@@ -17,7 +18,7 @@ use crate::{
     config::{Config, LightningBackend, ModelConfig, ModelKind},
     oracle::{FixedOracle, HttpOracle, PriceOracle, usd_from_f64},
     ratelimit::RateLimiter,
-    state::{AppState, ModelEntry, new_id},
+    state::{AppState, ModelEntry},
     upstream::{Upstream, anthropic::AnthropicUpstream, openai::OpenAiUpstream},
 };
 
@@ -298,6 +299,36 @@ pub async fn build_state_with_store(
     store: Arc<dyn Store>,
     prebuilt: BTreeMap<String, Arc<dyn Upstream>>,
 ) -> Result<AppState, BuildError> {
+    build_state_with(cfg, store, prebuilt, Env::system()).await
+}
+
+/// What the gateway reads from its environment: the clock and the ids.
+#[derive(Clone, Debug)]
+pub struct Env {
+    /// The wall clock.
+    pub clock: Arc<dyn Clock>,
+    /// Where ids come from.
+    pub ids: Arc<dyn Ids>,
+}
+
+impl Env {
+    /// The host's clock and the operating system's generator: a real gateway.
+    pub fn system() -> Env {
+        Env {
+            clock: Arc::new(SystemClock),
+            ids: Arc::new(OsIds),
+        }
+    }
+}
+
+/// [`build_state_with_store`] on a given clock and id generator (a manual
+/// clock in tests and the simulator); the dev wallet dates invoices by it too.
+pub async fn build_state_with(
+    cfg: &Config,
+    store: Arc<dyn Store>,
+    prebuilt: BTreeMap<String, Arc<dyn Upstream>>,
+    env: Env,
+) -> Result<AppState, BuildError> {
     // reqwest is built without a TLS crypto provider; rustls needs exactly one.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let policy = policy_of(cfg)?;
@@ -309,7 +340,13 @@ pub async fn build_state_with_store(
     );
     let (lightning, dev_wallet, lnbits): Backends = match cfg.lightning.backend {
         LightningBackend::Dev => {
-            let w = Arc::new(DevWallet::open(Arc::new(StoreDevWallet(store.clone()))).await?);
+            let w = Arc::new(
+                DevWallet::open_with_clock(
+                    Arc::new(StoreDevWallet(store.clone())),
+                    env.clock.clone(),
+                )
+                .await?,
+            );
             (w.clone(), Some(w), None)
         }
         LightningBackend::Lnbits => {
@@ -376,7 +413,7 @@ pub async fn build_state_with_store(
     for m in models.values() {
         crate::tokens::warm(m.tokenizer);
     }
-    let root_secret = store.secret("macaroon_root", rand::random()).await?;
+    let root_secret = store.secret("macaroon_root", sluice_env::secret()).await?;
     for o in &cfg.server.cors_origins {
         let ok = o == "*"
             || ((o.starts_with("http://") || o.starts_with("https://"))
@@ -391,7 +428,7 @@ pub async fn build_state_with_store(
     let free = free_tier_of(cfg)?;
     let seed = Msat::from_sats(cfg.free_tier.pool_seed_sats)
         .map_err(|e| BuildError::Config(format!("free_tier.pool_seed_sats: {e}")))?;
-    if seed > Msat::ZERO && store.seed_pool(seed, crate::state::now_ms()).await? {
+    if seed > Msat::ZERO && store.seed_pool(seed, env.clock.now_ms()).await? {
         tracing::info!(sats = seed.to_sats_floor(), "generosity pool seeded");
     }
     Ok(AppState {
@@ -405,7 +442,9 @@ pub async fn build_state_with_store(
         invoice_expiry: Duration::from_secs(cfg.lightning.invoice_expiry_secs),
         credential_ttl: CREDENTIAL_TTL,
         root_secret,
-        instance_id: new_id("gw"),
+        instance_id: env.ids.new_id("gw"),
+        clock: env.clock,
+        ids: env.ids,
         tasks: TaskTracker::new(),
         shutdown: CancellationToken::new(),
         limiter: Arc::new(RateLimiter::new(

@@ -4,7 +4,9 @@
 //! Decoding checks the signature, so the payee key is the one that signed.
 
 use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use sluice_env::Clock as _;
 
 use bitcoin::hashes::Hash as _;
 use lightning_invoice::{
@@ -116,22 +118,16 @@ pub(crate) fn describe(invoice: &Bolt11Invoice) -> DecodedInvoice {
     }
 }
 
-/// Unix time now, in milliseconds. A clock before 1970 reads as 0 (invoices
-/// then look unexpired, which errs towards a later, authoritative lookup).
-pub(crate) fn now_ms() -> i64 {
-    i64::try_from(now_since_epoch().as_millis()).unwrap_or(i64::MAX)
-}
-
-/// Time since the Unix epoch, now.
-pub(crate) fn now_since_epoch() -> Duration {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-}
-
-/// Unix time now, in seconds.
+/// Unix time now, in seconds, by the host's clock: the real backends' nodes
+/// run on it. A clock before 1970 reads as 0 (invoices then look unexpired,
+/// which errs towards a later, authoritative lookup).
 pub(crate) fn now_secs() -> u64 {
-    now_since_epoch().as_secs()
+    sluice_env::SystemClock.now_secs()
+}
+
+/// Unix milliseconds as time since the epoch (0 before it).
+pub(crate) fn since_epoch(now_ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(now_ms).unwrap_or(0))
 }
 
 #[cfg(test)]

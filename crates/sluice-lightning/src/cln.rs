@@ -219,7 +219,10 @@ impl Lightning for Cln {
     ) -> Result<Invoice, LightningError> {
         crate::positive_amount(amount)?;
         let expiry_secs = crate::expiry_secs(expiry)?;
-        let label = format!("{LABEL_PREFIX}{}", hex::encode(rand::random::<[u8; 16]>()));
+        let label = format!(
+            "{LABEL_PREFIX}{}",
+            sluice_env::Ids::new_hex(&sluice_env::OsIds)
+        );
         let params = json!({
             "amount_msat": amount.msat(),
             "label": label,

@@ -24,9 +24,10 @@ use bitcoin::hashes::{Hash as _, sha256};
 use bitcoin::secp256k1::{All, PublicKey, Secp256k1, SecretKey};
 use lightning_invoice::{Currency, InvoiceBuilder, PaymentSecret};
 use sluice_core::Msat;
+use sluice_env::Clock;
 use tokio::sync::broadcast;
 
-use crate::bolt11::{describe, now_ms, now_since_epoch, parse};
+use crate::bolt11::{describe, parse, since_epoch};
 use crate::{
     Invoice, InvoiceStatus, Lightning, LightningError, Payment, PaymentHash, PaymentStatus,
     Preimage, Settled,
@@ -173,9 +174,17 @@ pub struct DevWallet {
     shared: Arc<Shared>,
 }
 
+impl DevWallet {
+    fn now_ms(&self) -> i64 {
+        self.shared.clock.now_ms()
+    }
+}
+
 /// What both sides share: the store, the node key and each side's settlement events.
 struct Shared {
     store: Arc<dyn DevWalletStore>,
+    /// The time invoices are dated and expire by.
+    clock: Arc<dyn Clock>,
     secp: Secp256k1<All>,
     secret: SecretKey,
     pubkey: PublicKey,
@@ -202,9 +211,18 @@ impl std::fmt::Debug for DevWallet {
 
 impl DevWallet {
     /// Open the gateway's side of the wallet over `store`, creating its node
-    /// key the first time.
+    /// key the first time; invoices are dated by the host's clock.
     pub async fn open(store: Arc<dyn DevWalletStore>) -> Result<DevWallet, LightningError> {
-        let fresh = SecretKey::new(&mut rand::thread_rng()).secret_bytes();
+        Self::open_with_clock(store, Arc::new(sluice_env::SystemClock)).await
+    }
+
+    /// [`DevWallet::open`], dating and expiring invoices by `clock` (a manual
+    /// one in tests and the simulator).
+    pub async fn open_with_clock(
+        store: Arc<dyn DevWalletStore>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<DevWallet, LightningError> {
+        let fresh = fresh_node_key();
         let key = store.node_key(fresh).await?;
         let secret = SecretKey::from_slice(&key).map_err(|_| {
             LightningError::Backend(
@@ -217,6 +235,7 @@ impl DevWallet {
             side: DevSide::Gateway,
             shared: Arc::new(Shared {
                 store,
+                clock,
                 secp,
                 secret,
                 pubkey,
@@ -270,15 +289,15 @@ impl Lightning for DevWallet {
         expiry: Duration,
     ) -> Result<Invoice, LightningError> {
         crate::positive_amount(amount)?;
-        let preimage = Preimage(rand::random());
+        let preimage = Preimage(sluice_env::secret());
         let payment_hash = preimage.payment_hash();
-        let payment_secret = PaymentSecret(rand::random());
+        let payment_secret = PaymentSecret(sluice_env::secret());
         let invoice = InvoiceBuilder::new(Currency::Regtest)
             .description(memo.to_owned())
             .amount_milli_satoshis(amount.msat())
             .payment_hash(sha256::Hash::from_byte_array(payment_hash.0))
             .payment_secret(payment_secret)
-            .duration_since_epoch(now_since_epoch())
+            .duration_since_epoch(since_epoch(self.now_ms()))
             .expiry_time(expiry)
             .min_final_cltv_expiry_delta(DEV_MIN_FINAL_CLTV_EXPIRY_DELTA)
             .build_signed(|msg| {
@@ -320,7 +339,7 @@ impl Lightning for DevWallet {
             .await?
             .filter(|r| r.issuer == self.side)
             .ok_or(LightningError::NotFound)?;
-        Ok(status_of(&record, now_ms()))
+        Ok(status_of(&record, self.now_ms()))
     }
 
     /// Only the other side's invoices: a wallet cannot pay itself.
@@ -342,7 +361,7 @@ impl Lightning for DevWallet {
                 self.side.as_str()
             )));
         }
-        let now = now_ms();
+        let now = self.now_ms();
         match status_of(&record, now) {
             InvoiceStatus::Settled { .. } => return Err(LightningError::AlreadyPaid),
             InvoiceStatus::Expired => return Err(LightningError::Expired),
@@ -385,6 +404,17 @@ impl Lightning for DevWallet {
 
     fn subscribe(&self) -> broadcast::Receiver<Settled> {
         self.shared.events(self.side).subscribe()
+    }
+}
+
+/// A fresh node key: 32 secret bytes that are a valid secp256k1 key (all
+/// but a 2^-128 share of them are; others are drawn again).
+fn fresh_node_key() -> [u8; 32] {
+    loop {
+        let bytes = sluice_env::secret::<32>();
+        if SecretKey::from_slice(&bytes).is_ok() {
+            return bytes;
+        }
     }
 }
 

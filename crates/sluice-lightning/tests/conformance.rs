@@ -10,6 +10,10 @@
 //! LNbits tests need a running LNbits: `scripts/lnbits.sh start`, then load
 //! the env file it prints (`SLUICE_TEST_LNBITS_URL`,
 //! `SLUICE_TEST_LNBITS_ADMIN_TOKEN`). Without them those tests fail.
+#![allow(
+    clippy::disallowed_methods,
+    reason = "fakes run on bare tasks and fixtures use fresh random hashes"
+)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "conformance/suite.rs"]

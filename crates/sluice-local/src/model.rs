@@ -10,12 +10,12 @@
 //! ≈600 MB of RAM for SmolLM2-135M), `=0` dequantises even in an AVX2 build;
 //! `RAYON_NUM_THREADS` sets candle's thread count.
 
+use sluice_env::Stopwatch;
 use std::fs::File;
 use std::io::BufReader;
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::Instant;
 
 use candle_core::quantized::gguf_file::{self, Content};
 use candle_core::quantized::{GgmlDType, QTensor};
@@ -151,8 +151,7 @@ fn inference(e: candle_core::Error) -> LocalError {
 }
 
 fn random_seed() -> u64 {
-    use std::hash::BuildHasher;
-    std::collections::hash_map::RandomState::new().hash_one(std::time::SystemTime::now())
+    sluice_env::fresh_seed()
 }
 
 fn validate(params: &GenParams) -> Result<(), LocalError> {
@@ -177,7 +176,7 @@ impl LocalModel {
     /// Loads a llama-architecture GGUF whose metadata carries a byte-level BPE (`gpt2`)
     /// tokenizer with ChatML tokens, e.g. SmolLM2-135M-Instruct.
     pub fn load(path: &Path) -> Result<LocalModel, LocalError> {
-        let started = Instant::now();
+        let started = Stopwatch::start();
         let file =
             File::open(path).map_err(|e| LocalError::io("cannot open model file", path, e))?;
         let mut reader = BufReader::new(file);
@@ -337,7 +336,7 @@ impl LocalModel {
         );
         let mut utf8 = Utf8Buffer::default();
         let mut stops = StopMatcher::new(&params.stop);
-        let started = Instant::now();
+        let started = Stopwatch::start();
 
         // Prefill in chunks; only the last chunk's logits matter.
         let mut pos = 0usize;
@@ -349,7 +348,8 @@ impl LocalModel {
             logits = Some(model.forward(&input, pos).map_err(inference)?);
             pos += chunk.len();
         }
-        let prefill_done = Instant::now();
+        let prefill_ms = started.elapsed().as_millis();
+        let decoding = Stopwatch::start();
         let mut logits = logits.ok_or_else(|| LocalError::Inference("empty prompt".into()))?;
 
         let mut natural_end = true;
@@ -400,11 +400,11 @@ impl LocalModel {
                 let _ = on_text(&tail);
             }
         }
-        let decode_secs = prefill_done.elapsed().as_secs_f64();
+        let decode_secs = decoding.elapsed().as_secs_f64();
         tracing::debug!(
             prompt_tokens,
             completion_tokens = result.completion_tokens,
-            prefill_ms = (prefill_done - started).as_millis(),
+            prefill_ms,
             decode_tok_per_s = f64::from(result.completion_tokens) / decode_secs.max(1e-9),
             "local generation finished"
         );

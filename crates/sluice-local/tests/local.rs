@@ -1,5 +1,9 @@
 //! End-to-end tests of the local model against the real default model (SmolLM2-135M-Instruct
 //! Q4_1), fetched into the cache on first run by `ensure_default_model`.
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests measure with the host's clock"
+)]
 #![allow(clippy::unwrap_used)]
 
 use std::ops::ControlFlow;

@@ -281,8 +281,12 @@ impl std::fmt::Debug for Keys {
 impl Keys {
     /// A fresh random key pair.
     pub fn generate() -> Keys {
-        Keys {
-            keypair: Keypair::new_global(&mut rand::thread_rng()),
+        // All but a 2^-128 share of 32 random bytes are a valid key.
+        loop {
+            let bytes = sluice_env::secret::<32>();
+            if let Ok(keypair) = Keypair::from_seckey_slice(SECP256K1, &bytes) {
+                return Keys { keypair };
+            }
         }
     }
 

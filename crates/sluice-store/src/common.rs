@@ -29,9 +29,11 @@ macro_rules! session_columns {
 }
 pub(crate) use session_columns;
 
-/// A fresh random id for a ledger transaction.
-pub(crate) fn new_id() -> String {
-    hex::encode(rand::random::<[u8; 16]>())
+/// A ledger transaction's id: a digest of its idempotency key, which is
+/// unique, so the id is too (and the store needs no randomness).
+pub(crate) fn ledger_tx_id(idempotency_key: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(&sha2::Sha256::digest(idempotency_key.as_bytes())[..16])
 }
 
 /// A `u64` quantity as a `BIGINT`.
@@ -585,16 +587,12 @@ pub(crate) struct PhaseSettle<'a> {
 }
 
 /// The time a refund event happens at: its own time when it carries one, else
-/// the wall clock (payout outcomes carry none).
-pub(crate) fn refund_event_time(event: &sluice_core::RefundEvent) -> i64 {
+/// the caller's `now_ms` (payout outcomes carry none).
+pub(crate) fn refund_event_time(event: &sluice_core::RefundEvent, now_ms: i64) -> i64 {
     match event {
         sluice_core::RefundEvent::Claim { now_ms, .. }
         | sluice_core::RefundEvent::Expire { now_ms } => *now_ms,
-        _ => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .ok()
-            .and_then(|d| i64::try_from(d.as_millis()).ok())
-            .unwrap_or_default(),
+        _ => now_ms,
     }
 }
 
@@ -628,7 +626,7 @@ macro_rules! store_impl {
     ($store:ty, $conn:ty, $dialect:literal) => {
         use $crate::common::{
             Finish, HOLD_ATTEMPTS, Offer, PhaseSettle, cap_keys_json, expiry, expiry_ms, grant_columns,
-            identity_columns, invoice_columns, job_columns, job_conflict, job_refund_id, msat, new_id, normalise_caps,
+            identity_columns, invoice_columns, job_columns, job_conflict, job_refund_id, ledger_tx_id, msat, normalise_caps,
             parse_cap_keys, parse_secret, parse_state, parse_tier, refund_columns, refund_event_time, request_columns,
             session_columns, to_i64,
         };
@@ -963,7 +961,7 @@ macro_rules! store_impl {
             if !posting.is_balanced() {
                 return Err(StoreError::Conflict(format!("unbalanced posting {}", posting.idempotency_key)));
             }
-            let id = new_id();
+            let id = ledger_tx_id(&posting.idempotency_key);
             let inserted = sqlx::query(
                 "INSERT INTO ledger_tx (id, kind, idempotency_key, created_at) VALUES ($1, $2, $3, $4) \
                  ON CONFLICT (idempotency_key) DO NOTHING",
@@ -1192,8 +1190,9 @@ macro_rules! store_impl {
                 &self,
                 id: &str,
                 event: RefundEvent,
+                now_ms: i64,
             ) -> Result<Result<RefundRow, sluice_core::RefundError>, StoreError> {
-                let now_ms = refund_event_time(&event);
+                let now_ms = refund_event_time(&event, now_ms);
                 let mut tx = self.begin_write().await?;
                 // The no-op update locks the row (PostgreSQL), so concurrent events on one
                 // refund apply one after the other, each to the state the previous left.
@@ -2302,7 +2301,13 @@ macro_rules! store_impl {
                     tx.commit().await?;
                     return Ok(None);
                 }
-                let refund_id = format!("refund_{id}_{now_ms}");
+                // Numbered per session, under the session's lock: a session closed,
+                // revived and closed again within one millisecond owes two refunds.
+                let (prior,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM refunds WHERE owner_id = $1")
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let refund_id = format!("refund_{id}_{}", prior.saturating_add(1));
                 let owed = Posting::refund_owed(sluice_core::Account::Session(id.to_owned()), &refund_id, balance)?;
                 write_new_postings(&mut tx, std::slice::from_ref(&owed), now_ms).await?;
                 offer_refund(
@@ -2327,8 +2332,8 @@ macro_rules! store_impl {
                 Ok(Some(RefundRow::try_from(raw)?))
             }
 
-            async fn refund_event(&self, id: &str, event: RefundEvent) -> Result<RefundRow, RefundEventError> {
-                Ok(self.apply_refund_event(id, event).await??)
+            async fn refund_event(&self, id: &str, event: RefundEvent, now_ms: i64) -> Result<RefundRow, RefundEventError> {
+                Ok(self.apply_refund_event(id, event, now_ms).await??)
             }
 
             async fn expired_refunds(&self, now_ms: i64) -> Result<Vec<RefundRow>, StoreError> {

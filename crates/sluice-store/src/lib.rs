@@ -935,10 +935,12 @@ pub trait Store: Send + Sync + 'static {
     /// (`sluice_core::refund::transition`) to a stored refund, writing its new state and
     /// the postings of its effects in one transaction (the row locked on PostgreSQL).
     /// The core's error is returned as [`RefundEventError::Refused`] and changes nothing.
+    /// `now_ms` is the event's time unless it carries its own (a claim, an expiry).
     async fn refund_event(
         &self,
         id: &str,
         event: sluice_core::RefundEvent,
+        now_ms: i64,
     ) -> Result<RefundRow, RefundEventError>;
 
     /// Refunds whose payout started before `updated_before_ms` and has no
@@ -949,7 +951,7 @@ pub trait Store: Send + Sync + 'static {
     async fn refunds_for(&self, owner_id: &str) -> Result<Vec<RefundRow>, StoreError>;
 
     /// Close a session: its whole available balance becomes a refund
-    /// (`refund_<session id>_<now>`, dust and the sub-sat rest to the pool) and the
+    /// (`refund_<session id>_<n>`, numbered per session, dust and the sub-sat rest to the pool) and the
     /// session ends (`expired`, balance 0), in one transaction. Refused with
     /// [`StoreError::Conflict`] while requests hold funds or before it was funded;
     /// `Ok(None)` when there was nothing left to refund.

@@ -73,7 +73,10 @@ impl PgStore {
     /// drops it.
     pub async fn connect_isolated(base_url: &str) -> Result<(PgStore, String), crate::StoreError> {
         let options = PgConnectOptions::from_str(base_url)?;
-        let schema = format!("sluice_test_{}", hex::encode(rand::random::<[u8; 8]>()));
+        let schema = format!(
+            "sluice_test_{}",
+            sluice_env::Ids::new_hex(&sluice_env::OsIds)
+        );
         let mut admin = PgConnection::connect_with(&options).await?;
         // The name is ours (fixed prefix and hex), so formatting it into DDL is safe.
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))

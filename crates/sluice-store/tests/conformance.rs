@@ -3,7 +3,10 @@
 //! fresh schema per test in the database at `SLUICE_TEST_PG_URL`, default
 //! `postgres://postgres@127.0.0.1:5432/test`; the PostgreSQL tests fail, never
 //! skip, when it is unreachable).
-
+#![allow(
+    clippy::disallowed_methods,
+    reason = "fixtures spawn concurrent writers on bare tasks"
+)]
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod conformance {
@@ -44,6 +47,7 @@ macro_rules! all_cases {
             credit_of_unknown_invoice_is_not_found,
             topup_resumes_a_paused_session,
             an_expired_session_revives_when_money_arrives,
+            a_session_closed_twice_in_one_millisecond_owes_two_refunds,
             hold_refused_while_awaiting_payment,
             hold_refused_when_insufficient,
             hold_refused_when_expired,

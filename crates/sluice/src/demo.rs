@@ -60,7 +60,7 @@ pub async fn run(prompt: String, model: Option<PathBuf>, deposit_sats: u64) -> a
     let stop = tokio_util::sync::CancellationToken::new();
     let server = {
         let stop = stop.clone();
-        tokio::spawn(sluice_gateway::serve(
+        tokio_util::task::TaskTracker::new().spawn(sluice_gateway::serve(
             listener,
             state,
             cfg.server.max_body_bytes,

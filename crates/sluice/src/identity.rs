@@ -22,10 +22,7 @@ fn load_keys(key_file: Option<&Path>) -> anyhow::Result<Keys> {
 }
 
 fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    sluice_env::Clock::now_secs(&sluice_env::SystemClock)
 }
 
 /// `sluice identity keygen`: a new key; the secret goes to `out` (created

@@ -1,6 +1,10 @@
 //! End-to-end tests of the `sluice` binary as a user runs it: real processes,
 //! real databases, the dev wallet, a fake OpenAI upstream on a real port and
 //! the bundled local model.
+#![allow(
+    clippy::disallowed_methods,
+    reason = "fakes run on bare tasks and fixtures read the host's clock"
+)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{

@@ -295,17 +295,17 @@ pub fn finish_reason_of(v: &Value) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// A fresh id for synthesised completions.
+/// A fresh id for synthesised completions (a label on the wire; it decides nothing).
 pub fn completion_id() -> String {
-    format!("chatcmpl-{}", hex::encode(rand::random::<[u8; 12]>()))
+    let mut b = [0u8; 12];
+    sluice_env::Ids::fill(&sluice_env::OsIds, &mut b);
+    format!("chatcmpl-{}", hex::encode(b))
 }
 
-/// Unix seconds now.
+/// Unix seconds now, for a synthesised completion's `created` (a label on
+/// the wire; it decides nothing, so it is the host's time).
 pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    sluice_env::Clock::now_secs(&sluice_env::SystemClock)
 }
 
 /// An OpenAI chunk with one text delta (or a finish reason).

@@ -153,10 +153,10 @@ async fn holds_of_a_dead_gateway_are_released() {
             caps: vec![],
             instance_id: "gw_dead".into(),
             stream: false,
-            now_ms: sluice_gateway::state::now_ms(),
+            now_ms: app.state.now_ms(),
             ttl_ms: 60_000,
             pubkey: None,
-            deadline_ms: sluice_gateway::state::now_ms() + 600_000,
+            deadline_ms: app.state.now_ms() + 600_000,
         })
         .await
         .unwrap();

@@ -18,7 +18,7 @@ fn chat_body(max_tokens: u64) -> Value {
 /// the default threshold (2,000 sats) over two distinct days.
 async fn establish(app: &TestApp, keys: &Keys) {
     let trust = app.state.free.accounting.trust;
-    let now = sluice_gateway::state::now_ms();
+    let now = app.state.now_ms();
     for at in [now - sluice_core::DAY_MS, now] {
         app.state
             .store
@@ -239,7 +239,7 @@ async fn pool_holds_under_concurrent_free_requests(db: Db) {
     let status = app
         .state
         .store
-        .pool_status(sluice_core::day_of(sluice_gateway::state::now_ms()))
+        .pool_status(sluice_core::day_of(app.state.now_ms()))
         .await
         .unwrap();
     // Conserved: seed (+ credits, none here) = balance + grants.

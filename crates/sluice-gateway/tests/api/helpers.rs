@@ -30,6 +30,8 @@ pub struct TestApp {
     pub base: String,
     pub http: Client,
     pub state: AppState,
+    /// The gateway's clock: it moves only when a test advances it.
+    pub clock: Arc<sluice_env::ManualClock>,
     pub upstream: FakeUpstream,
     stop: CancellationToken,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
@@ -120,13 +122,18 @@ impl TestApp {
                 (Arc::new(s.clone()), Some(s))
             }
         };
-        let mut state = sluice_gateway::build_state_with_store(&cfg, store, BTreeMap::new())
+        let clock = Arc::new(sluice_env::ManualClock::starting_now());
+        let env = sluice_gateway::Env {
+            clock: clock.clone(),
+            ids: Arc::new(sluice_env::OsIds),
+        };
+        let mut state = sluice_gateway::build_state_with(&cfg, store, BTreeMap::new(), env)
             .await
             .unwrap();
         state.lightning = wrap(state.lightning);
         let stop = CancellationToken::new();
         let s2 = stop.clone();
-        let server = tokio::spawn(sluice_gateway::serve(
+        let server = tokio_util::task::TaskTracker::new().spawn(sluice_gateway::serve(
             listener,
             state.clone(),
             cfg.server.max_body_bytes,
@@ -136,6 +143,7 @@ impl TestApp {
             base,
             http: Client::new(),
             state,
+            clock,
             upstream,
             stop,
             server: Some(server),
@@ -152,6 +160,17 @@ impl TestApp {
         if let Some(pg) = self.pg.take() {
             pg.cleanup().await.unwrap();
         }
+    }
+
+    /// Time passes for this live gateway: its clock moves by `by`, and it
+    /// sends the heartbeat its loop would have sent meanwhile.
+    pub async fn advance(&self, by: Duration) {
+        self.clock.advance(by);
+        self.state
+            .store
+            .heartbeat(&self.state.instance_id, self.state.now_ms())
+            .await
+            .unwrap();
     }
 
     /// Begin shutting down, as SIGTERM does, without waiting for it.

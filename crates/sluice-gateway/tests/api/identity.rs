@@ -113,7 +113,7 @@ async fn forged_and_expired_logins_and_tokens_are_refused() {
 
     // An expired challenge.
     let nonce = challenge(&app).await;
-    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
+    app.advance(std::time::Duration::from_millis(2_100)).await;
     let r = app
         .post(
             "/v1/identity/verify",
@@ -313,7 +313,7 @@ async fn an_elite_identity_vouches_and_the_vouchee_rises_one_tier() {
     let trust = app.state.free.accounting.trust;
     let elite = Keys::generate();
     let newbie = Keys::generate();
-    let now = sluice_gateway::state::now_ms();
+    let now = app.state.now_ms();
     // Earn elite standing by paying: 42,000 sats over the last 14 days.
     for day in (0..14).rev() {
         app.state

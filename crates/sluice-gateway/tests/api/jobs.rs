@@ -255,23 +255,18 @@ async fn work_interrupted_by_a_restart_is_failed_and_refunded() {
     let job = app
         .state
         .store
-        .job_invoice_paid(
-            hash,
-            &"11".repeat(32),
-            "gw-test",
-            sluice_gateway::state::now_ms(),
-        )
+        .job_invoice_paid(hash, &"11".repeat(32), "gw-test", app.state.now_ms())
         .await
         .unwrap();
     assert_eq!(job.unwrap().state, sluice_core::JobState::Executing);
     // This (live) process runs it: however quiet, no reconciler touches it.
-    let now = sluice_gateway::state::now_ms();
+    let now = app.state.now_ms();
     app.state
         .store
         .job_attempt(&id, &app.state.instance_id, now)
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    app.advance(Duration::from_millis(1100)).await;
     sluice_gateway::jobs::reconcile(&app.state).await;
     let v: Value = app
         .get(&format!("/v1/jobs/{id}"), None)
@@ -289,7 +284,7 @@ async fn work_interrupted_by_a_restart_is_failed_and_refunded() {
         .job_attempt(&id, "gw_dead", now)
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    app.advance(Duration::from_millis(1100)).await;
     // The next start finds it orphaned in `executing`: failed, the whole work payment refunded.
     sluice_gateway::jobs::resume_at_start(&app.state).await;
     let v: Value = app

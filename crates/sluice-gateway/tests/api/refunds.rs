@@ -291,7 +291,7 @@ async fn a_refund_claimed_with_an_invoice_already_paid_is_not_recorded_as_paid()
         error_code(r).await,
         (StatusCode::CONFLICT, "invoice_already_used".into())
     );
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    app.advance(std::time::Duration::from_millis(1100)).await;
     sluice_gateway::refunds::reconcile(&app.state).await;
     let refunds = app.state.store.refunds_for(&id).await.unwrap();
     assert_eq!(refunds[0].refund.state, sluice_core::RefundState::Pending);
@@ -656,7 +656,7 @@ async fn payouts_that_fail_time_out_or_could_succeed_twice_pay_exactly_once() {
     );
 
     // 3. The reconciler looks the payment up and records the success.
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    app.advance(std::time::Duration::from_millis(1100)).await;
     sluice_gateway::refunds::reconcile(&app.state).await;
     let refunds = app.state.store.refunds_for(&id).await.unwrap();
     assert_eq!(refunds[0].refund.state, sluice_core::RefundState::Claimed);
@@ -711,7 +711,6 @@ async fn after_a_payout_reported_failed_only_the_same_invoice_is_retried_until_i
     let first: Value = r.json().await.unwrap();
     let path = format!("/v1/sessions/{id}/refund");
     let claim = |invoice: Value| app.post(&path, json!({"invoice": invoice}), Some(&mac));
-    let started = std::time::Instant::now();
     let r = claim(first["bolt11"].clone()).await;
     assert_eq!(
         r.status(),
@@ -719,7 +718,7 @@ async fn after_a_payout_reported_failed_only_the_same_invoice_is_retried_until_i
         "an error is an unknown outcome"
     );
     // The look-up says failed (wrongly: the HTLC is held).
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    app.advance(std::time::Duration::from_millis(1100)).await;
     sluice_gateway::refunds::reconcile(&app.state).await;
     let refund = &app.state.store.refunds_for(&id).await.unwrap()[0];
     assert_eq!(refund.refund.state, sluice_core::RefundState::Pending);
@@ -734,11 +733,7 @@ async fn after_a_payout_reported_failed_only_the_same_invoice_is_retried_until_i
     mock.release().await;
     // Once the first invoice has expired, a new one is looked at — and the
     // earlier payment is found and recorded instead of paying again.
-    tokio::time::sleep(
-        std::time::Duration::from_secs(3).saturating_sub(started.elapsed())
-            + std::time::Duration::from_millis(200),
-    )
-    .await;
+    app.advance(std::time::Duration::from_millis(3_200)).await;
     let r = claim(json!(second)).await;
     assert_eq!(r.status(), StatusCode::CONFLICT);
     let v: Value = r.json().await.unwrap();
@@ -878,7 +873,7 @@ async fn a_refusal_is_believed_only_when_the_backend_has_no_record_of_the_paymen
     let (second, _) = app.customer_invoice(50).await;
     let r = claim(second).await;
     assert_eq!(r.status(), StatusCode::CONFLICT);
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    app.advance(std::time::Duration::from_millis(1100)).await;
     sluice_gateway::refunds::reconcile(&app.state).await;
     let refund = &app.state.store.refunds_for(&id).await.unwrap()[0];
     assert_eq!(refund.refund.state, sluice_core::RefundState::Claimed);

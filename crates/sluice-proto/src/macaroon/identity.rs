@@ -128,7 +128,7 @@ pub fn mint_identity_token(
     pubkey_hex: &str,
     expires_at: u64,
 ) -> Result<Macaroon, MacaroonError> {
-    let ident = IdentityIdentifier::new(pubkey_hex, rand::random())?;
+    let ident = IdentityIdentifier::new(pubkey_hex, sluice_env::secret())?;
     Ok(Macaroon::mint(
         &identity_root_key(server_secret),
         &ident.encode(),

@@ -90,7 +90,7 @@ impl SessionIdentifier {
 
     /// An identifier for `session_id` with a fresh random nonce.
     pub fn random(session_id: &str) -> Result<SessionIdentifier, MacaroonError> {
-        SessionIdentifier::new(session_id, rand::random())
+        SessionIdentifier::new(session_id, sluice_env::secret())
     }
 
     /// The session this identifier names.

@@ -1061,6 +1061,7 @@ pub async fn closing_a_session_refunds_its_balance_once(db: &TestDb) {
                 min_fee_budget: Msat::ZERO,
                 now_ms: NOW,
             },
+            NOW,
         )
         .await
         .unwrap();
@@ -1079,6 +1080,45 @@ pub async fn closing_a_session_refunds_its_balance_once(db: &TestDb) {
         None
     );
     assert_eq!(store.refunds_for("s-close").await.unwrap().len(), 1);
+    let report = store.check_ledger().await.unwrap();
+    assert!(report.is_consistent(), "{report:?}");
+}
+
+/// Refund ids were `refund_<session>_<ms>`: a second close in the same
+/// millisecond (a late top-up revived the session) collided with the first,
+/// and the second balance was owed by no refund.
+pub async fn a_session_closed_twice_in_one_millisecond_owes_two_refunds(db: &TestDb) {
+    let store = &*db.store;
+    funded(store, "s-twice", 12_000).await;
+    store
+        .add_invoice(&invoice("late-1", "s-twice", 5_000, InvoicePurpose::Topup))
+        .await
+        .unwrap();
+    let dust = Msat::from_msat(1_000);
+    let first = store
+        .close_session("s-twice", NOW, NOW + 1_000, dust)
+        .await
+        .unwrap()
+        .expect("a refund");
+    store
+        .credit_invoice("late-1", "cd", NOW, &policy())
+        .await
+        .unwrap();
+    let second = store
+        .close_session("s-twice", NOW, NOW + 1_000, dust)
+        .await
+        .unwrap()
+        .expect("a second refund");
+    assert_ne!(first.id, second.id);
+    let owed: Vec<u64> = store
+        .refunds_for("s-twice")
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.refund.amount.msat())
+        .collect();
+    assert_eq!(owed.len(), 2, "{owed:?}");
+    assert_eq!(owed.iter().sum::<u64>(), 17_000);
     let report = store.check_ledger().await.unwrap();
     assert!(report.is_consistent(), "{report:?}");
 }
@@ -1495,7 +1535,7 @@ pub async fn a_failed_evaluation_refunds_its_fee(db: &TestDb) {
         now_ms: NOW + 3,
     };
     assert!(matches!(
-        store.refund_event("refund_j2", claim).await,
+        store.refund_event("refund_j2", claim, NOW).await,
         Err(RefundEventError::Refused(RefundError::Dust { .. }))
     ));
     let report = consistent_ledger(store).await;
@@ -1758,12 +1798,14 @@ pub async fn a_refund_is_claimed_and_paid_once(db: &TestDb) {
         now_ms: NOW + 5,
     };
     assert!(matches!(
-        store.refund_event("nope", claim(62_000, "h1")).await,
+        store.refund_event("nope", claim(62_000, "h1"), NOW).await,
         Err(RefundEventError::Store(StoreError::NotFound))
     ));
     // The invoice must be for exactly the payable whole sats.
     assert!(matches!(
-        store.refund_event("refund_j1", claim(62_500, "h1")).await,
+        store
+            .refund_event("refund_j1", claim(62_500, "h1"), NOW)
+            .await,
         Err(RefundEventError::Refused(RefundError::WrongAmount {
             expected_sats: 62,
             ..
@@ -1772,7 +1814,7 @@ pub async fn a_refund_is_claimed_and_paid_once(db: &TestDb) {
     let before = store.refund("refund_j1").await.unwrap().unwrap();
     assert_eq!(before.refund.state, RefundState::Pending);
     let paying = store
-        .refund_event("refund_j1", claim(62_000, "h1"))
+        .refund_event("refund_j1", claim(62_000, "h1"), NOW)
         .await
         .unwrap();
     assert_eq!(paying.refund.state, RefundState::Paying);
@@ -1780,7 +1822,10 @@ pub async fn a_refund_is_claimed_and_paid_once(db: &TestDb) {
     assert_eq!(paying.updated_at_ms, NOW + 5);
     assert_eq!(store.refund("refund_j1").await.unwrap().unwrap(), paying);
     // A second claim, with any invoice, is refused and changes nothing.
-    match store.refund_event("refund_j1", claim(62_000, "h2")).await {
+    match store
+        .refund_event("refund_j1", claim(62_000, "h2"), NOW)
+        .await
+    {
         Err(RefundEventError::Refused(RefundError::AlreadyClaimed { payment_hash })) => {
             assert_eq!(payment_hash, "h1")
         }
@@ -1793,7 +1838,8 @@ pub async fn a_refund_is_claimed_and_paid_once(db: &TestDb) {
                 "refund_j1",
                 RefundEvent::Expire {
                     now_ms: REFUND_EXPIRES
-                }
+                },
+                NOW
             )
             .await,
         Err(RefundEventError::Refused(
@@ -1806,6 +1852,7 @@ pub async fn a_refund_is_claimed_and_paid_once(db: &TestDb) {
             RefundEvent::PayoutUnknown {
                 payment_hash: "h1".into(),
             },
+            NOW,
         )
         .await
         .unwrap();
@@ -1818,6 +1865,7 @@ pub async fn a_refund_is_claimed_and_paid_once(db: &TestDb) {
                 fee: Msat::ZERO,
                 preimage: "p1".into(),
             },
+            NOW,
         )
         .await
         .unwrap();
@@ -1835,7 +1883,9 @@ pub async fn a_refund_is_claimed_and_paid_once(db: &TestDb) {
     );
     // Paid is final: no claim and no second success posts again.
     assert!(matches!(
-        store.refund_event("refund_j1", claim(62_000, "h3")).await,
+        store
+            .refund_event("refund_j1", claim(62_000, "h3"), NOW)
+            .await,
         Err(RefundEventError::Refused(
             RefundError::AlreadyClaimed { .. }
         ))
@@ -1848,7 +1898,8 @@ pub async fn a_refund_is_claimed_and_paid_once(db: &TestDb) {
                     payment_hash: "h1".into(),
                     fee: Msat::ZERO,
                     preimage: "p1".into()
-                }
+                },
+                NOW
             )
             .await,
         Err(RefundEventError::Refused(_))
@@ -1878,14 +1929,18 @@ pub async fn a_failed_payout_can_be_claimed_again(db: &TestDb) {
         min_fee_budget: Msat::ZERO,
         now_ms: NOW + 5,
     };
-    store.refund_event("refund_j1", claim("h1")).await.unwrap();
+    store
+        .refund_event("refund_j1", claim("h1"), NOW)
+        .await
+        .unwrap();
     assert!(matches!(
         store
             .refund_event(
                 "refund_j1",
                 RefundEvent::PayoutFailed {
                     payment_hash: "other".into()
-                }
+                },
+                NOW
             )
             .await,
         Err(RefundEventError::Refused(RefundError::HashMismatch { .. }))
@@ -1896,6 +1951,7 @@ pub async fn a_failed_payout_can_be_claimed_again(db: &TestDb) {
             RefundEvent::PayoutFailed {
                 payment_hash: "h1".into(),
             },
+            NOW,
         )
         .await
         .unwrap();
@@ -1906,14 +1962,14 @@ pub async fn a_failed_payout_can_be_claimed_again(db: &TestDb) {
     // Claimable again: with the same invoice (a new one only once it expires;
     // see `a_failed_payout_binds_its_invoice_until_it_expires`).
     assert!(matches!(
-        store.refund_event("refund_j1", claim("h2")).await,
+        store.refund_event("refund_j1", claim("h2"), NOW).await,
         Err(RefundEventError::Refused(
             RefundError::RetrySameInvoice { .. }
         ))
     ));
     assert_eq!(
         store
-            .refund_event("refund_j1", claim("h1"))
+            .refund_event("refund_j1", claim("h1"), NOW)
             .await
             .unwrap()
             .refund
@@ -1928,18 +1984,19 @@ pub async fn a_failed_payout_can_be_claimed_again(db: &TestDb) {
             RefundEvent::PayoutRefused {
                 payment_hash: "h1".into(),
             },
+            NOW,
         )
         .await
         .unwrap();
     assert!(matches!(
-        store.refund_event("refund_j1", claim("h2")).await,
+        store.refund_event("refund_j1", claim("h2"), NOW).await,
         Err(RefundEventError::Refused(
             RefundError::RetrySameInvoice { .. }
         ))
     ));
     assert_eq!(
         store
-            .refund_event("refund_j1", claim("h1"))
+            .refund_event("refund_j1", claim("h1"), NOW)
             .await
             .unwrap()
             .refund
@@ -1995,7 +2052,8 @@ pub async fn unclaimed_refunds_expire_into_the_pool(db: &TestDb) {
                 "refund_j1",
                 RefundEvent::Expire {
                     now_ms: NOW + 9_999
-                }
+                },
+                NOW
             )
             .await,
         Err(RefundEventError::Refused(RefundError::NotExpired { .. }))
@@ -2012,7 +2070,8 @@ pub async fn unclaimed_refunds_expire_into_the_pool(db: &TestDb) {
                     max_fee_budget: Msat::ZERO,
                     min_fee_budget: Msat::ZERO,
                     now_ms: NOW + 10_000
-                }
+                },
+                NOW
             )
             .await,
         Err(RefundEventError::Refused(RefundError::Expired { .. }))
@@ -2023,6 +2082,7 @@ pub async fn unclaimed_refunds_expire_into_the_pool(db: &TestDb) {
             RefundEvent::Expire {
                 now_ms: NOW + 10_000,
             },
+            NOW,
         )
         .await
         .unwrap();
@@ -2053,7 +2113,8 @@ pub async fn unclaimed_refunds_expire_into_the_pool(db: &TestDb) {
                 "refund_j1",
                 RefundEvent::Expire {
                     now_ms: NOW + 30_000
-                }
+                },
+                NOW
             )
             .await,
         Err(RefundEventError::Refused(RefundError::Expired { .. }))
@@ -3233,7 +3294,7 @@ pub async fn routing_fees_are_on_the_books(db: &TestDb) {
         min_fee_budget: Msat::ZERO,
         now_ms: NOW + 5,
     };
-    store.refund_event("refund_j1", claim).await.unwrap();
+    store.refund_event("refund_j1", claim, NOW).await.unwrap();
     let paid = store
         .refund_event(
             "refund_j1",
@@ -3242,6 +3303,7 @@ pub async fn routing_fees_are_on_the_books(db: &TestDb) {
                 preimage: "p1".into(),
                 fee: msat(1_250),
             },
+            NOW,
         )
         .await
         .unwrap();
@@ -3283,7 +3345,7 @@ pub async fn a_failed_payout_binds_its_invoice_until_it_expires(db: &TestDb) {
         now_ms: now,
     };
     store
-        .refund_event("refund_j1", claim("h1", NOW + 5))
+        .refund_event("refund_j1", claim("h1", NOW + 5), NOW)
         .await
         .unwrap();
     store
@@ -3292,6 +3354,7 @@ pub async fn a_failed_payout_binds_its_invoice_until_it_expires(db: &TestDb) {
             RefundEvent::PayoutFailed {
                 payment_hash: "h1".into(),
             },
+            NOW,
         )
         .await
         .unwrap();
@@ -3305,7 +3368,9 @@ pub async fn a_failed_payout_binds_its_invoice_until_it_expires(db: &TestDb) {
         (RefundState::Pending, Some("h1"), NOW + 60_000)
     );
     assert!(matches!(
-        store.refund_event("refund_j1", claim("h2", NOW + 6)).await,
+        store
+            .refund_event("refund_j1", claim("h2", NOW + 6), NOW)
+            .await,
         Err(RefundEventError::Refused(
             RefundError::RetrySameInvoice { .. }
         ))
@@ -3319,13 +3384,14 @@ pub async fn a_failed_payout_binds_its_invoice_until_it_expires(db: &TestDb) {
                 preimage: "p".into(),
                 fee: Msat::ZERO,
             },
+            NOW,
         )
         .await
         .unwrap();
     assert_eq!(late.refund.state, RefundState::Claimed);
     assert!(
         store
-            .refund_event("refund_j1", claim("h2", NOW + 70_000))
+            .refund_event("refund_j1", claim("h2", NOW + 70_000), NOW)
             .await
             .is_err()
     );
