@@ -188,6 +188,28 @@ impl From<sluice_store::StoreError> for ApiError {
     }
 }
 
+impl From<sluice_service::ServiceError> for ApiError {
+    /// Each kind of service failure has one status and one OpenAI error `type`.
+    fn from(e: sluice_service::ServiceError) -> Self {
+        use sluice_service::ErrorKind as K;
+        let (status, kind) = match e.kind {
+            K::Invalid => (StatusCode::BAD_REQUEST, "invalid_request_error"),
+            K::Conflict => (StatusCode::CONFLICT, "invalid_request_error"),
+            K::Unauthenticated => (StatusCode::UNAUTHORIZED, "authentication_error"),
+            K::Forbidden => (StatusCode::FORBIDDEN, "permission_error"),
+            K::PaymentRequired => (StatusCode::PAYMENT_REQUIRED, "insufficient_quota"),
+            K::NotFound => (StatusCode::NOT_FOUND, "not_found_error"),
+            K::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error"),
+            K::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error"),
+            K::Upstream => (StatusCode::BAD_GATEWAY, "upstream_error"),
+            K::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_error"),
+            K::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "server_error"),
+            K::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
+        };
+        ApiError::new(status, kind, e.code, e.message)
+    }
+}
+
 /// A path segment that could not be read (e.g. `%ff`, not UTF-8), in the API's error shape.
 pub fn path_error(r: axum::extract::rejection::PathRejection) -> ApiError {
     ApiError::bad_request("invalid_path", format!("invalid path: {}", r.body_text()))

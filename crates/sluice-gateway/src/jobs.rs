@@ -51,14 +51,7 @@ Reply with JSON only: {\"accepted\": true or false, \"reason\": \"one short sent
 /// Output limit of an evaluation.
 const EVAL_MAX_TOKENS: u64 = 128;
 
-/// The jobs models, chosen at start.
-#[derive(Debug, Clone)]
-pub struct JobModels {
-    /// Evaluates requests.
-    pub eval: String,
-    /// Does the work.
-    pub work: String,
-}
+pub use sluice_service::JobModels;
 
 fn jobs(state: &AppState) -> Result<&JobModels, ApiError> {
     state

@@ -35,17 +35,14 @@ use crate::{
 pub const SERVICE: &str = "sluice";
 /// The capability chat completions need.
 pub const CAPABILITY_CHAT: &str = "chat";
-const SESSION_PREFIX: &str = "l402_";
+use sluice_service::TOKEN_SESSION_PREFIX as SESSION_PREFIX;
 
 /// The balance (session) id of a token.
 pub fn token_session(token_id: &[u8; 32]) -> String {
     format!("{SESSION_PREFIX}{}", hex::encode(token_id))
 }
 
-/// Whether a balance belongs to an L402 token.
-pub fn is_token_session(session_id: &str) -> bool {
-    session_id.starts_with(SESSION_PREFIX)
-}
+pub use sluice_service::is_token_session;
 
 /// The store name of a macaroon's root key.
 pub fn root_key_name(id: &Identifier) -> String {

@@ -9,27 +9,24 @@ pub mod app;
 pub mod auth;
 pub mod background;
 pub mod chat;
-pub mod config;
 pub mod error;
-pub mod estimates;
 pub mod extract;
 pub mod free;
 pub mod health;
 pub mod identity;
 pub mod jobs;
 pub mod l402;
-pub mod oracle;
 pub mod pricing;
 pub mod ratelimit;
 pub mod refunds;
-pub mod request;
 pub mod server;
 pub mod sessions;
 pub mod state;
 pub mod testing;
-pub mod tokens;
-pub mod upstream;
 pub mod wiring;
+
+// The service layer's modules, at the paths the gateway has always had.
+pub use sluice_service::{config, estimates, oracle, request, tokens, upstream};
 
 pub use app::{app, serve};
 pub use config::Config;

@@ -1,116 +1,26 @@
-//! The gateway's shared state and its model registry.
+//! The gateway's state: the service and what only HTTP needs.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{ops::Deref, sync::Arc, time::Duration};
 
-use sluice_core::{ModelRates, OutputBudget, SessionPolicy};
-use sluice_env::{Clock, Ids};
-use sluice_lightning::{Lightning, dev::DevWallet, lnbits::LnBits};
-use sluice_store::Store;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use crate::ratelimit::RateLimiter;
 
-use crate::{
-    config::TokenizerKind, oracle::PriceOracle, ratelimit::RateLimiter, upstream::Upstream,
-};
+pub use sluice_service::{HOLD_GRACE, ModelEntry, Sluice, log_ref};
 
-/// A model for sale.
-pub struct ModelEntry {
-    /// Public name.
-    pub name: String,
-    /// The upstream's name for it.
-    pub upstream_model: String,
-    /// `"openai"`, `"anthropic"` or `"local"`.
-    pub kind: &'static str,
-    /// Its rate card.
-    pub rates: ModelRates,
-    /// Its output-token policy.
-    pub budget: OutputBudget,
-    /// Tokenizer for estimates when the upstream cannot count.
-    pub tokenizer: TokenizerKind,
-    /// Where it is answered.
-    pub upstream: Arc<dyn Upstream>,
-    /// The output-limit field its (OpenAI-compatible) upstream reads.
-    pub limit_field: crate::config::OutputLimitField,
-    /// Time allowed for the upstream's first byte.
-    pub timeout: Duration,
-    /// Time allowed between chunks that carry output.
-    pub idle: Duration,
-    /// The most one request may take, streamed or not.
-    pub max_duration: Duration,
-}
-
-impl ModelEntry {
-    /// How long a hold for this model may stay open: its longest request
-    /// plus a grace for settling (retries included). Any process releases a
-    /// hold still open past it.
-    pub fn hold_lifetime(&self) -> Duration {
-        self.max_duration + self.timeout + HOLD_GRACE
-    }
-}
-
-/// What a hold is given beyond its model's longest request, to be settled.
-pub const HOLD_GRACE: Duration = Duration::from_secs(60);
-
-/// Everything a handler needs.
+/// Everything a handler needs: the service, and the HTTP-only parts
+/// (limiters, CORS, body and connection limits, the health cache).
+///
+/// `AppState` dereferences to [`Sluice`] while the domain moves out of the
+/// gateway's modules (ARCHITECTURE.md, "The service layer").
 #[derive(Clone)]
 pub struct AppState {
-    /// The database.
-    pub store: Arc<dyn Store>,
-    /// The wall clock every decision and stored time reads.
-    pub clock: Arc<dyn Clock>,
-    /// Where new ids come from.
-    pub ids: Arc<dyn Ids>,
-    /// The Lightning backend.
-    pub lightning: Arc<dyn Lightning>,
-    /// The dev wallet, when it is the backend (mounts `/v1/dev/pay`).
-    pub dev_wallet: Option<Arc<DevWallet>>,
-    /// The LNbits backend, when it is the backend (mounts its webhook).
-    pub lnbits: Option<Arc<LnBits>>,
-    /// BTC/USD.
-    pub oracle: Arc<dyn PriceOracle>,
-    /// Models by public name.
-    pub models: Arc<BTreeMap<String, ModelEntry>>,
-    /// Session limits.
-    pub policy: SessionPolicy,
-    /// How long invoices stay payable.
-    pub invoice_expiry: Duration,
-    /// How long a session credential is valid.
-    pub credential_ttl: Duration,
-    /// The macaroon root secret (shared by every process on the database).
-    pub root_secret: [u8; 32],
-    /// This process's id (crash reconciliation).
-    pub instance_id: String,
-    /// Background work that must finish before shutdown (settlements).
-    pub tasks: TaskTracker,
-    /// Stops background loops.
-    pub shutdown: CancellationToken,
+    /// The service.
+    pub sluice: Arc<Sluice>,
     /// Per-IP limiter for unauthenticated endpoints.
     pub limiter: Arc<RateLimiter>,
-    /// How often pending invoices are looked up.
-    pub poll_interval: Duration,
-    /// A process silent this long is presumed dead (its holds are released).
-    pub stale_after: Duration,
-    /// L402 settings.
-    pub l402: crate::config::L402Config,
-    /// Learned output-token estimates and their calibration.
-    pub estimates: Arc<crate::estimates::Estimators>,
-    /// Job settings.
-    pub jobs: crate::config::JobsConfig,
-    /// The evaluation and work models, when jobs are enabled.
-    pub job_models: Option<crate::jobs::JobModels>,
-    /// Free-tier settings.
-    pub free: crate::free::FreeTier,
-    /// What this process has promised from the pool to requests in flight.
-    pub free_inflight: Arc<crate::free::InFlight>,
-    /// Identity settings.
-    pub identity: crate::config::IdentityConfig,
-    /// Demo endpoint settings.
-    pub demo: crate::config::DemoConfig,
     /// Per-IP limiter of NIP-98 signed requests.
     pub nip98_limiter: Arc<RateLimiter>,
     /// Per-IP hourly limiter of the demo endpoint.
     pub demo_limiter: Arc<RateLimiter>,
-    /// The gateway's public base URL, if configured (NIP-98 URLs are checked against it).
-    pub public_url: Option<String>,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
     /// Browser origins allowed by CORS (`*`: any; empty: none).
@@ -121,50 +31,12 @@ pub struct AppState {
     pub body_timeout: Duration,
     /// The last `/healthz` answer.
     pub health: Arc<crate::health::Health>,
-    /// Refund payouts' routing-fee budget.
-    pub refunds: crate::config::RefundsConfig,
 }
 
-impl AppState {
-    /// Unix milliseconds now, by the gateway's clock.
-    pub fn now_ms(&self) -> i64 {
-        self.clock.now_ms()
-    }
+impl Deref for AppState {
+    type Target = Sluice;
 
-    /// A fresh id: `prefix_` and 24 hex digits.
-    pub fn new_id(&self, prefix: &str) -> String {
-        self.ids.new_id(prefix)
+    fn deref(&self) -> &Sluice {
+        &self.sluice
     }
-
-    /// Before this instant (ms), a gateway process that has not sent a
-    /// heartbeat, or a payout that has not moved, counts as stopped at `now_ms`.
-    pub fn stale_before(&self, now_ms: i64) -> i64 {
-        now_ms.saturating_sub(i64::try_from(self.stale_after.as_millis()).unwrap_or(i64::MAX))
-    }
-
-    /// The session rules for a balance: L402 tokens have no minimum balance
-    /// (they are prepaid per request), sessions have the configured one.
-    pub fn policy_for(&self, session_id: &str) -> SessionPolicy {
-        if crate::l402::is_token_session(session_id) {
-            SessionPolicy {
-                min_balance: sluice_core::Msat::ZERO,
-                ..self.policy
-            }
-        } else {
-            self.policy
-        }
-    }
-}
-
-/// How a capability (a job id, and the refund id derived from it) appears in
-/// logs: a short hash that ties log lines together without granting anything.
-/// Other ids (sessions, requests) are not capabilities and are logged as they are.
-pub fn log_ref(id: &str) -> String {
-    use sha2::Digest;
-    let capability = id.starts_with("job_") || id.starts_with("refund_job_");
-    if !capability {
-        return id.to_owned();
-    }
-    let digest = sha2::Sha256::digest(id.as_bytes());
-    format!("job#{}", hex::encode(&digest[..6]))
 }

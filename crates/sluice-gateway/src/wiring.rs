@@ -18,7 +18,7 @@ use crate::{
     config::{Config, LightningBackend, ModelConfig, ModelKind},
     oracle::{FixedOracle, HttpOracle, PriceOracle, usd_from_f64},
     ratelimit::RateLimiter,
-    state::{AppState, ModelEntry},
+    state::{AppState, ModelEntry, Sluice},
     upstream::{Upstream, anthropic::AnthropicUpstream, openai::OpenAiUpstream},
 };
 
@@ -431,7 +431,7 @@ pub async fn build_state_with(
     if seed > Msat::ZERO && store.seed_pool(seed, env.clock.now_ms()).await? {
         tracing::info!(sats = seed.to_sats_floor(), "generosity pool seeded");
     }
-    Ok(AppState {
+    let sluice = Sluice {
         store,
         lightning,
         dev_wallet,
@@ -447,10 +447,6 @@ pub async fn build_state_with(
         ids: env.ids,
         tasks: TaskTracker::new(),
         shutdown: CancellationToken::new(),
-        limiter: Arc::new(RateLimiter::new(
-            cfg.server.public_rate_per_minute,
-            Duration::from_secs(60),
-        )),
         poll_interval,
         stale_after: Duration::from_secs(cfg.server.instance_stale_secs.max(1)),
         l402: cfg.l402.clone(),
@@ -463,6 +459,15 @@ pub async fn build_state_with(
         free_inflight: Arc::default(),
         identity: cfg.identity.clone(),
         demo: cfg.demo.clone(),
+        public_url: cfg.server.public_url.clone(),
+        refunds: cfg.refunds.clone(),
+    };
+    Ok(AppState {
+        sluice: Arc::new(sluice),
+        limiter: Arc::new(RateLimiter::new(
+            cfg.server.public_rate_per_minute,
+            Duration::from_secs(60),
+        )),
         nip98_limiter: Arc::new(RateLimiter::new(
             cfg.identity.nip98_per_minute,
             Duration::from_secs(60),
@@ -471,7 +476,6 @@ pub async fn build_state_with(
             cfg.demo.per_hour,
             Duration::from_secs(3600),
         )),
-        public_url: cfg.server.public_url.clone(),
         max_body_bytes: cfg.server.max_body_bytes,
         cors_origins: cfg.server.cors_origins.clone(),
         limits: crate::server::Limits {
@@ -482,7 +486,6 @@ pub async fn build_state_with(
         },
         body_timeout: Duration::from_secs(cfg.server.body_timeout_secs.max(1)),
         health: Arc::default(),
-        refunds: cfg.refunds.clone(),
     })
 }
 

@@ -130,7 +130,10 @@ impl TestApp {
         let mut state = sluice_gateway::build_state_with(&cfg, store, BTreeMap::new(), env)
             .await
             .unwrap();
-        state.lightning = wrap(state.lightning);
+        let wrapped = wrap(state.lightning.clone());
+        Arc::get_mut(&mut state.sluice)
+            .expect("no one shares a service just built")
+            .lightning = wrapped;
         let stop = CancellationToken::new();
         let s2 = stop.clone();
         let server = tokio_util::task::TaskTracker::new().spawn(sluice_gateway::serve(

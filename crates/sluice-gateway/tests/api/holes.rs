@@ -408,7 +408,10 @@ async fn shutdown_keeps_its_holds_its_own_until_they_settle() {
     assert_eq!(r.status(), StatusCode::OK);
     // Another gateway process on the same database.
     let mut peer = app.state.clone();
-    peer.instance_id = "gw-peer".into();
+    peer.sluice = std::sync::Arc::new(sluice_gateway::state::Sluice {
+        instance_id: "gw-peer".into(),
+        ..(*app.state.sluice).clone()
+    });
     let request_id = r.headers()["x-sluice-request-id"]
         .to_str()
         .unwrap()

@@ -19,7 +19,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::{config::OutputLimitField, error::ApiError};
+use crate::{config::OutputLimitField, error::ServiceError};
 
 /// Fields that limit the output, in every dialect sluice knows of. All are
 /// removed from the body sent upstream, and exactly one is written back.
@@ -61,13 +61,13 @@ const COST_FIELDS: &[(&str, Option<&[&str]>)] = &[
 /// search, a code interpreter) is billed per call by the upstream.
 const OUTPUT_TOOL_TYPES: &[&str] = &["function", "custom"];
 
-fn unsupported(message: String) -> ApiError {
-    ApiError::bad_request("unsupported_parameter", message)
+fn unsupported(message: String) -> ServiceError {
+    ServiceError::bad_request("unsupported_parameter", message)
 }
 
 /// Refuse what would have the upstream charge for more than the gateway
 /// meters (see [`COST_FIELDS`]).
-fn refuse_unmetered_costs(raw: &Map<String, Value>) -> Result<(), ApiError> {
+fn refuse_unmetered_costs(raw: &Map<String, Value>) -> Result<(), ServiceError> {
     for (field, allowed) in COST_FIELDS {
         match (raw.get(*field), allowed) {
             (None | Some(Value::Null), _) => {}
@@ -150,8 +150,8 @@ pub struct ChatBody {
     pub include_usage: bool,
 }
 
-fn invalid(message: impl Into<String>) -> ApiError {
-    ApiError::bad_request("invalid_request", message)
+fn invalid(message: impl Into<String>) -> ServiceError {
+    ServiceError::bad_request("invalid_request", message)
 }
 
 /// Append `key` and `value` to the extra text, as the JSON the upstream receives.
@@ -191,7 +191,7 @@ const SAMPLING_PARAMETERS: &[&str] = &[
 const MAX_TOP_LOGPROBS: u64 = 20;
 
 /// A message's content as text; extra keys of content parts go to `extra`.
-fn text_of(content: &Value, extra: &mut String) -> Result<String, ApiError> {
+fn text_of(content: &Value, extra: &mut String) -> Result<String, ServiceError> {
     match content {
         Value::String(s) => Ok(s.clone()),
         Value::Null => Ok(String::new()),
@@ -211,7 +211,7 @@ fn text_of(content: &Value, extra: &mut String) -> Result<String, ApiError> {
                         s.push_str(text);
                     }
                     Some(other) => {
-                        return Err(ApiError::bad_request(
+                        return Err(ServiceError::bad_request(
                             "unsupported_content",
                             format!("content parts of type {other:?} are not supported; send text"),
                         ));
@@ -239,9 +239,9 @@ fn is_scalar(v: &Value) -> bool {
 }
 
 /// An output limit as the upstream reads it: a positive JSON integer.
-fn positive(v: &Value, field: &str) -> Result<u64, ApiError> {
+fn positive(v: &Value, field: &str) -> Result<u64, ServiceError> {
     v.as_u64().filter(|n| *n > 0).ok_or_else(|| {
-        ApiError::bad_request(
+        ServiceError::bad_request(
             "invalid_request",
             format!("{field} must be a positive integer"),
         )
@@ -250,7 +250,7 @@ fn positive(v: &Value, field: &str) -> Result<u64, ApiError> {
 
 impl ChatBody {
     /// Validate a JSON value as a chat request.
-    pub fn parse(v: Value) -> Result<ChatBody, ApiError> {
+    pub fn parse(v: Value) -> Result<ChatBody, ServiceError> {
         let Value::Object(mut raw) = v else {
             return Err(invalid("the request body must be a JSON object"));
         };
@@ -388,8 +388,8 @@ mod tests {
             json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}),
         ] {
             assert_eq!(
-                ChatBody::parse(bad.clone()).unwrap_err().status.as_u16(),
-                400,
+                ChatBody::parse(bad.clone()).unwrap_err().kind,
+                crate::ErrorKind::Invalid,
                 "{bad}"
             );
         }
