@@ -1,20 +1,6 @@
-//! The free tier: an identity's standing, the decision on an estimated cost,
-//! `GET /v1/pool` and the demo endpoint.
-//!
-//! The rules are `sluice_core::free`'s; the store records grants (see
-//! `sluice_store::GrantAsk`). The order, for every kind of request:
-//! 1. price the request and decide on the **estimate** (free, partial, gate),
-//!    before any work or invoice;
-//! 2. do the work (a partial decision holds or invoices only the payer's part);
-//! 3. record the grant **after** the work, capped at the actual cost, the
-//!    pool's balance and the identity's allowance left, in the same
-//!    transaction as the request's settlement.
-//!
-//! Decisions count what this process has already promised to requests in
-//! flight ([`InFlight`]). When the pool has still run dry between decision
-//! and grant (another process, or a job, spent it), the pool absorbs
-//! what it has; a payer is charged the rest up to what it held or paid, and
-//! what is left is the operator's loss (never the payer's, never the pool's).
+//! The free tier on the wire: `GET /v1/pool`, the demo endpoint `GET /v1/demo`
+//! and the decision for a request's identity. The rules, an identity's
+//! standing and the decision are the service's (`sluice_service::free`).
 
 use std::net::SocketAddr;
 
@@ -25,111 +11,17 @@ use axum::{
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sluice_core::{
-    Decision, Msat, Tier, TokenUsage, charge_for_settlement, day_of, decide_for, effective_tier,
-    remaining_allowance,
-};
-use sluice_store::{GrantAsk, GrantKind, IdentityRow};
+use sluice_core::{Msat, Tier, TokenUsage, charge_for_settlement, day_of};
+use sluice_store::{GrantAsk, GrantKind};
 
-pub use sluice_service::free::{FreeTier, InFlight, Reservation};
+pub use sluice_service::free::{
+    FreeDecision, FreeTier, InFlight, Reservation, Standing, decide_for_pubkey, standing,
+};
 
 use crate::{
     error::ApiError, extract::ApiQuery, identity::Identity, request::ChatBody, state::AppState,
     upstream::ChatCall,
 };
-
-/// An identity's standing now.
-#[derive(Debug, Clone)]
-pub struct Standing {
-    /// The stored row (created if it was new).
-    pub row: IdentityRow,
-    /// The score after lazy decay.
-    pub score: u64,
-    /// The tier its own score gives.
-    pub own_tier: Tier,
-    /// The tier it acts with (a vouch from a current elite lifts it).
-    pub tier: Tier,
-    /// Current elite identities vouching for it.
-    pub vouchers: Vec<String>,
-    /// Its daily allowance.
-    pub allowance: Msat,
-    /// What is left of it today.
-    pub left_today: Msat,
-}
-
-/// Look up (and mark seen) an identity's standing.
-pub async fn standing(state: &AppState, pubkey: &str, now: i64) -> Result<Standing, ApiError> {
-    let rules = state.free.accounting.trust;
-    let row = state.store.touch_identity(pubkey, &rules, now).await?;
-    let score = rules.decayed(row.score, row.last_seen_ms, now);
-    let own_tier = rules.tier_of(score, row.paid_days);
-    let vouchers: Vec<String> = state
-        .store
-        .vouchers_of(pubkey)
-        .await?
-        .into_iter()
-        .filter(|v| {
-            rules.tier_of(rules.decayed(v.score, v.last_seen_ms, now), v.paid_days) == Tier::Elite
-        })
-        .map(|v| v.pubkey)
-        .collect();
-    let tier = effective_tier(own_tier, !vouchers.is_empty());
-    let allowance = state.free.allowances.of(tier);
-    let left_today =
-        remaining_allowance(allowance, row.absorbed_today, row.absorbed_day, day_of(now));
-    Ok(Standing {
-        row,
-        score,
-        own_tier,
-        tier,
-        vouchers,
-        allowance,
-        left_today,
-    })
-}
-
-/// A free-tier decision and what recording it will need.
-#[derive(Debug, Clone)]
-pub struct FreeDecision {
-    /// The decision.
-    pub decision: Decision,
-    /// The tier it was made for.
-    pub tier: Tier,
-    /// What to record after the work (absent for a gate).
-    pub ask: Option<GrantAsk>,
-    /// This process's promise of the pool's sats, held until the grant is
-    /// recorded (chat requests keep it with their meter).
-    pub reservation: Option<std::sync::Arc<Reservation>>,
-}
-
-impl FreeDecision {
-    /// No identity, or the free tier is off.
-    pub fn anonymous() -> FreeDecision {
-        FreeDecision {
-            decision: Decision::Gate {
-                reason: sluice_core::GateReason::Anonymous,
-            },
-            tier: Tier::Anonymous,
-            ask: None,
-            reservation: None,
-        }
-    }
-
-    /// The decision as JSON, for responses and estimates.
-    pub fn json(&self, estimate: Msat) -> Value {
-        let mut v = json!({
-            "decision": self.decision.as_str(),
-            "tier": self.tier.as_str(),
-            "estimate_msat": estimate.msat(),
-            "absorb_msat": self.decision.absorb().msat(),
-            "charge_msat": self.decision.charge(estimate).msat(),
-        });
-        if let Decision::Gate { reason } = self.decision {
-            v["reason"] = Value::String(reason.as_str().to_owned());
-        }
-        v
-    }
-}
 
 /// Decide on `estimate` for `identity` (no identity: gate).
 pub async fn decide(
@@ -142,60 +34,7 @@ pub async fn decide(
     let Some(id) = identity else {
         return Ok(FreeDecision::anonymous());
     };
-    decide_for_pubkey(state, &id.pubkey, estimate, model, kind).await
-}
-
-/// Decide on `estimate` for a known pubkey (jobs decide for the key bound at creation).
-pub async fn decide_for_pubkey(
-    state: &AppState,
-    pubkey: &str,
-    estimate: Msat,
-    model: &str,
-    kind: GrantKind,
-) -> Result<FreeDecision, ApiError> {
-    let now = state.now_ms();
-    let s = standing(state, pubkey, now).await?;
-    if !state.free.enabled {
-        return Ok(FreeDecision {
-            decision: Decision::Gate {
-                reason: sluice_core::GateReason::Disabled,
-            },
-            tier: s.tier,
-            ask: None,
-            reservation: None,
-        });
-    }
-    let pool = state.store.pool_balance().await?;
-    let absorbed_today = s.allowance.saturating_sub(s.left_today);
-    // Decide against what is not already promised to this process's requests
-    // in flight, and promise this one's share until its grant is recorded.
-    let (decision, reservation) = state
-        .free_inflight
-        .decide(pubkey, |pending_pool, pending_id| {
-            decide_for(
-                s.tier,
-                &state.free.allowances,
-                absorbed_today
-                    .checked_add(pending_id)
-                    .unwrap_or(s.allowance),
-                pool.saturating_sub(pending_pool),
-                estimate,
-            )
-        });
-    let ask = (decision.absorb() > Msat::ZERO).then(|| GrantAsk {
-        kind,
-        pubkey: Some(pubkey.to_owned()),
-        tier: s.tier,
-        model: model.to_owned(),
-        cap: decision.absorb(),
-        allowance: Some(s.allowance),
-    });
-    Ok(FreeDecision {
-        decision,
-        tier: s.tier,
-        ask,
-        reservation,
-    })
+    Ok(decide_for_pubkey(state, &id.pubkey, estimate, model, kind).await?)
 }
 
 /// `GET /v1/pool`: the generosity pool.

@@ -13,9 +13,10 @@
 //!   and local adapters; [`tokens`]: counting tokens as an upstream would;
 //! - [`request`]: a chat request parsed, counted and bounded;
 //! - [`oracle`]: the BTC/USD price; [`estimates`]: learned output estimates;
-//! - [`free`]: the free tier's settings and in-flight promises.
+//! - [`free`]: the free tier's settings and in-flight promises;
+//! - [`pricing`]: a request priced before it runs.
 //!
-//! The rest of the domain (pricing, metering, sessions, L402, chat, jobs,
+//! The rest of the domain (metering, sessions, L402, chat, jobs,
 //! refunds, payments) is moving here from the gateway: see ARCHITECTURE.md.
 
 pub mod config;
@@ -23,6 +24,7 @@ pub mod error;
 pub mod estimates;
 pub mod free;
 pub mod oracle;
+pub mod pricing;
 pub mod request;
 pub mod tokens;
 pub mod upstream;
