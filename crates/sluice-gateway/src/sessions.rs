@@ -1,6 +1,6 @@
-//! Pre-funded sessions: create (deposit invoice + bearer macaroon), inspect,
-//! top up. A session becomes usable when its deposit settles (see
-//! `background.rs`, which credits settled invoices exactly once).
+//! Pre-funded sessions on the wire: create (deposit invoice + bearer
+//! macaroon), inspect, top up. The rules are the service's
+//! (`sluice_service::sessions`).
 
 use axum::{
     Json,
@@ -10,9 +10,9 @@ use axum::{
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sluice_core::{SessionPolicyError, effective_state};
-use sluice_lightning::{Invoice, LightningError};
-use sluice_store::{InvoicePurpose, NewInvoice, NewSession};
+use sluice_lightning::Invoice;
+
+pub(crate) use sluice_service::sessions::lightning_error;
 
 use crate::{
     auth::authenticate_for,
@@ -27,25 +27,6 @@ use crate::{
 pub struct AmountBody {
     /// Sats to deposit.
     pub amount_sats: u64,
-}
-
-fn policy_error(e: SessionPolicyError) -> ApiError {
-    match e {
-        SessionPolicyError::DepositOutOfRange { .. } => {
-            ApiError::bad_request("amount_out_of_range", e.to_string())
-        }
-        SessionPolicyError::Amount(a) => {
-            ApiError::bad_request("amount_out_of_range", a.to_string())
-        }
-    }
-}
-
-pub(crate) fn lightning_error(e: LightningError) -> ApiError {
-    tracing::error!(error = %e, "lightning backend failed");
-    ApiError::unavailable(
-        "lightning_unavailable",
-        "the Lightning backend could not create an invoice; try again shortly",
-    )
 }
 
 pub(crate) fn invoice_json(state: &AppState, inv: &Invoice) -> Value {
@@ -68,37 +49,6 @@ fn parse_amount(body: Result<Json<AmountBody>, JsonRejection>) -> Result<u64, Ap
     Ok(b.amount_sats)
 }
 
-async fn new_invoice(state: &AppState, sats: u64, memo: &str) -> Result<Invoice, ApiError> {
-    let amount = state.policy.deposit(sats).map_err(policy_error)?;
-    state
-        .lightning
-        .create_invoice(amount, memo, state.invoice_expiry)
-        .await
-        .map_err(lightning_error)
-}
-
-pub(crate) fn ms(secs: u64) -> i64 {
-    i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
-}
-
-/// The store's record of an invoice the backend created for session `id`.
-pub(crate) fn invoice_row(
-    inv: &Invoice,
-    purpose: InvoicePurpose,
-    id: &str,
-    now: i64,
-) -> NewInvoice {
-    NewInvoice {
-        payment_hash: inv.payment_hash.to_hex(),
-        bolt11: inv.bolt11.clone(),
-        amount: inv.amount,
-        purpose,
-        session_id: id.to_owned(),
-        created_at_ms: now,
-        expires_at_ms: ms(inv.expires_at),
-    }
-}
-
 /// `POST /v1/sessions`
 pub async fn create(
     State(state): State<AppState>,
@@ -106,37 +56,17 @@ pub async fn create(
     body: Result<Json<AmountBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let sats = parse_amount(body)?;
-    let id = state.new_id("ses");
-    let inv = new_invoice(&state, sats, &format!("sluice session {id} deposit")).await?;
-    let now = state.now_ms();
-    state
-        .store
-        .create_session(
-            &NewSession {
-                id: id.clone(),
-                created_at_ms: now,
-                expires_at_ms: ms(inv.expires_at),
-                pubkey: crate::identity::pubkey_of(&identity),
-            },
-            &invoice_row(&inv, InvoicePurpose::Deposit, &id, now),
-        )
+    let s = state
+        .open_session(sats, crate::identity::pubkey_of(&identity))
         .await?;
-    let expires = u64::try_from(now / 1000)
-        .unwrap_or(0)
-        .saturating_add(state.credential_ttl.as_secs());
-    let root = sluice_proto::macaroon::session_root_key(&state.root_secret, &id);
-    let mac = sluice_proto::macaroon::mint_session_macaroon(&root, &id, expires)
-        .map_err(|e| ApiError::internal(&e))?
-        .to_base64();
-    tracing::info!(session_id = %id, amount_sats = sats, "session created");
     let mut body = json!({
-        "session_id": id,
-        "macaroon": mac,
+        "session_id": s.id,
+        "macaroon": s.macaroon,
         "state": "awaiting_payment",
-        "credential_expires_at": expires,
-        "invoice": invoice_json(&state, &inv),
+        "credential_expires_at": s.credential_expires_at,
+        "invoice": invoice_json(&state, &s.invoice),
     });
-    if let Some(p) = crate::identity::pubkey_of(&identity) {
+    if let Some(p) = s.pubkey {
         body["pubkey"] = p.into();
     }
     Ok((StatusCode::CREATED, Json(body)).into_response())
@@ -148,19 +78,8 @@ pub async fn get(
     ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let now = state.now_ms();
-    authenticate_for(
-        &state,
-        &headers,
-        &id,
-        u64::try_from(now / 1000).unwrap_or(0),
-    )?;
-    let s = state
-        .store
-        .session(&id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("session_not_found", "no such session"))?;
-    let st = effective_state(s.state, s.expires_at_ms, now);
+    authenticate_for(&state, &headers, &id, state.clock.now_secs())?;
+    let (s, st) = state.session(&id).await?;
     Ok(Json(json!({
         "session_id": s.id,
         "state": st.as_str(),
@@ -185,35 +104,16 @@ pub async fn topup(
     headers: HeaderMap,
     body: Result<Json<AmountBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let now = state.now_ms();
-    authenticate_for(
-        &state,
-        &headers,
-        &id,
-        u64::try_from(now / 1000).unwrap_or(0),
-    )?;
+    authenticate_for(&state, &headers, &id, state.clock.now_secs())?;
     let sats = parse_amount(body)?;
-    let Some(session) = state.store.session(&id).await? else {
-        return Err(ApiError::not_found("session_not_found", "no such session"));
-    };
-    if session.state == sluice_core::SessionState::Closed {
-        return Err(ApiError::conflict(
-            "session_closed",
-            "this session was closed and its balance refunded; open a new session",
-        ));
-    }
+    state.may_top_up(&id).await?;
     if let Err(wait) = state.limiter.check(ip) {
         return Ok(crate::ratelimit::too_many(
             wait,
             format!("too many invoices from this client; retry in {wait} s"),
         ));
     }
-    let inv = new_invoice(&state, sats, &format!("sluice session {id} top-up")).await?;
-    state
-        .store
-        .add_invoice(&invoice_row(&inv, InvoicePurpose::Topup, &id, now))
-        .await?;
-    tracing::info!(session_id = %id, amount_sats = sats, "top-up invoice created");
+    let inv = state.top_up(&id, sats).await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({"session_id": id, "invoice": invoice_json(&state, &inv)})),

@@ -14,18 +14,24 @@
 //! - [`request`]: a chat request parsed, counted and bounded;
 //! - [`oracle`]: the BTC/USD price; [`estimates`]: learned output estimates;
 //! - [`free`]: the free tier's settings and in-flight promises;
-//! - [`pricing`]: a request priced before it runs.
+//! - [`auth`]: credentials verified, and what they allow;
+//! - [`pricing`]: a request priced before it runs;
+//! - [`sessions`]: sessions opened, looked up and topped up; [`l402`]: L402
+//!   challenges and tokens (prepaid balances stored as sessions).
 //!
-//! The rest of the domain (metering, sessions, L402, chat, jobs,
+//! The rest of the domain (metering, chat, jobs,
 //! refunds, payments) is moving here from the gateway: see ARCHITECTURE.md.
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod estimates;
 pub mod free;
+pub mod l402;
 pub mod oracle;
 pub mod pricing;
 pub mod request;
+pub mod sessions;
 pub mod tokens;
 pub mod upstream;
 
