@@ -199,6 +199,7 @@ impl From<sluice_service::ServiceError> for ApiError {
             K::Forbidden => (StatusCode::FORBIDDEN, "permission_error"),
             K::PaymentRequired => (StatusCode::PAYMENT_REQUIRED, "insufficient_quota"),
             K::NotFound => (StatusCode::NOT_FOUND, "not_found_error"),
+            K::Gone => (StatusCode::GONE, "invalid_request_error"),
             K::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error"),
             K::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error"),
             K::Upstream => (StatusCode::BAD_GATEWAY, "upstream_error"),

@@ -18,6 +18,8 @@ pub enum ErrorKind {
     PaymentRequired,
     /// No such thing.
     NotFound,
+    /// It was there and is no more (an offer that lapsed).
+    Gone,
     /// The request is larger than allowed.
     TooLarge,
     /// Too many requests from this caller.

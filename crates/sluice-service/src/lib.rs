@@ -17,10 +17,11 @@
 //! - [`auth`]: credentials verified, and what they allow;
 //! - [`pricing`]: a request priced before it runs;
 //! - [`sessions`]: sessions opened, looked up and topped up; [`l402`]: L402
-//!   challenges and tokens (prepaid balances stored as sessions).
+//!   challenges and tokens (prepaid balances stored as sessions);
+//! - [`refunds`]: refunds claimed, paid once and reconciled.
 //!
-//! The rest of the domain (metering, chat, jobs,
-//! refunds, payments) is moving here from the gateway: see ARCHITECTURE.md.
+//! The rest of the domain (metering, chat, jobs, payments and the background
+//! loops) is moving here from the gateway: see ARCHITECTURE.md.
 
 pub mod auth;
 pub mod config;
@@ -30,6 +31,7 @@ pub mod free;
 pub mod l402;
 pub mod oracle;
 pub mod pricing;
+pub mod refunds;
 pub mod request;
 pub mod sessions;
 pub mod tokens;
