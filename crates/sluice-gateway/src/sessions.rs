@@ -12,8 +12,6 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sluice_lightning::Invoice;
 
-pub(crate) use sluice_service::sessions::lightning_error;
-
 use crate::{
     auth::authenticate_for,
     error::ApiError,

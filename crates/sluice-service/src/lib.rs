@@ -18,9 +18,11 @@
 //! - [`pricing`]: a request priced before it runs;
 //! - [`sessions`]: sessions opened, looked up and topped up; [`l402`]: L402
 //!   challenges and tokens (prepaid balances stored as sessions);
-//! - [`refunds`]: refunds claimed, paid once and reconciled.
+//! - [`refunds`]: refunds claimed, paid once and reconciled; [`invoices`]:
+//!   how long an invoice is looked after;
+//! - [`jobs`]: two-phase jobs, their runner and their takeover after a crash.
 //!
-//! The rest of the domain (metering, chat, jobs, payments and the background
+//! The rest of the domain (metering, chat, payments and the background
 //! loops) is moving here from the gateway: see ARCHITECTURE.md.
 
 pub mod auth;
@@ -28,6 +30,8 @@ pub mod config;
 pub mod error;
 pub mod estimates;
 pub mod free;
+pub mod invoices;
+pub mod jobs;
 pub mod l402;
 pub mod oracle;
 pub mod pricing;

@@ -285,14 +285,11 @@ async fn work_interrupted_by_a_restart_is_failed_and_refunded() {
         .await
         .unwrap();
     app.advance(Duration::from_millis(1100)).await;
-    // The next start finds it orphaned in `executing`: failed, the whole work payment refunded.
+    // The next start finds it orphaned in `executing`: failed, the whole work
+    // payment refunded (this process's own reconciler may take it first: the
+    // clock moved for it too).
     sluice_gateway::jobs::resume_at_start(&app.state).await;
-    let v: Value = app
-        .get(&format!("/v1/jobs/{id}"), None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let v = app.wait_for_job(&id, "failed").await;
     assert_eq!(v["state"], "failed");
     assert_eq!(v["refund"]["payout_sats"], work_sats);
     app.assert_ledger_consistent().await;
