@@ -182,16 +182,7 @@ pub async fn serve(
     max_body_bytes: usize,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // Say this process is alive before it takes any hold, so no other
-    // process's reconciler can mistake its first holds for abandoned ones.
-    if let Err(e) = state
-        .store
-        .heartbeat(&state.instance_id, state.now_ms())
-        .await
-    {
-        tracing::error!(error = %e, "first heartbeat failed");
-    }
-    let heartbeat = crate::background::spawn(&state);
+    let running = state.sluice.start().await;
     let router = app(state.clone(), max_body_bytes);
     let stop = state.shutdown.clone();
     let result = crate::server::run(listener, router, state.limits, async move {
@@ -201,16 +192,7 @@ pub async fn serve(
         }
     })
     .await;
-    state.shutdown.cancel();
-    state.tasks.close();
-    let drained = tokio::time::timeout(Duration::from_secs(30), state.tasks.wait())
-        .await
-        .is_ok();
-    if !drained {
-        tracing::warn!("background work still running after 30 s; stopping anyway");
-    }
-    heartbeat.stop(drained).await;
-    state.estimates.flush(&state.store, state.now_ms()).await;
+    running.shutdown(Duration::from_secs(30)).await;
     result
 }
 

@@ -20,12 +20,15 @@
 //!   challenges and tokens (prepaid balances stored as sessions);
 //! - [`refunds`]: refunds claimed, paid once and reconciled; [`invoices`]:
 //!   how long an invoice is looked after;
-//! - [`jobs`]: two-phase jobs, their runner and their takeover after a crash.
+//! - [`jobs`]: two-phase jobs, their runner and their takeover after a crash;
+//! - [`payments`]: the one place a settled invoice is dispatched;
+//! - [`background`]: the loops, [`Sluice::start`] and [`background::Running::shutdown`].
 //!
-//! The rest of the domain (metering, chat, payments and the background
-//! loops) is moving here from the gateway: see ARCHITECTURE.md.
+//! The rest of the domain (metering and chat) is moving here from the
+//! gateway: see ARCHITECTURE.md.
 
 pub mod auth;
+pub mod background;
 pub mod config;
 pub mod error;
 pub mod estimates;
@@ -34,6 +37,7 @@ pub mod invoices;
 pub mod jobs;
 pub mod l402;
 pub mod oracle;
+pub mod payments;
 pub mod pricing;
 pub mod refunds;
 pub mod request;
