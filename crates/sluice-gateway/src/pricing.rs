@@ -8,7 +8,7 @@ use axum::{
 use serde_json::{Value, json};
 use sluice_core::{BtcUsd, UsdMicros};
 
-pub use sluice_service::pricing::{Priced, estimate_error, price};
+pub use sluice_service::pricing::{Priced, estimate_error, itemized_json, price};
 
 use crate::{
     error::ApiError,
@@ -37,19 +37,6 @@ pub fn price_card(m: &ModelEntry, btc: BtcUsd) -> Result<Value, ApiError> {
         "minimum_charge_msat": sluice_core::MIN_CHARGE.msat(),
         "note": "token rates and the per-request share include the margin; a request costs input + output + per request, rounded up to the msat, at least the minimum",
     }))
-}
-
-/// A charge itemized for a receipt or a quote.
-pub fn itemized_json(i: &sluice_core::Itemized) -> Value {
-    json!({
-        "input_msat": i.input.msat(),
-        "output_msat": i.output.msat(),
-        "per_request_msat": i.per_request.msat(),
-        "margin_msat": i.margin.msat(),
-        "rounding_msat": i.rounding.msat(),
-        "minimum_msat": i.minimum.msat(),
-        "total_msat": i.total.msat(),
-    })
 }
 
 /// `POST /v1/estimate`: what a chat request would cost, without paying.

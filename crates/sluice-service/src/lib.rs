@@ -20,6 +20,7 @@
 //!   challenges and tokens (prepaid balances stored as sessions);
 //! - [`refunds`]: refunds claimed, paid once and reconciled; [`invoices`]:
 //!   how long an invoice is looked after;
+//! - [`chat`]: a chat request held, answered, metered and settled ([`Sluice::chat`]);
 //! - [`jobs`]: two-phase jobs, their runner and their takeover after a crash;
 //! - [`payments`]: the one place a settled invoice is dispatched;
 //! - [`background`]: the loops, [`Sluice::start`] and [`background::Running::shutdown`].
@@ -29,6 +30,7 @@
 
 pub mod auth;
 pub mod background;
+pub mod chat;
 pub mod config;
 pub mod error;
 pub mod estimates;

@@ -1,6 +1,7 @@
 //! Pricing a chat request before it runs, shared by chat completions (which
 //! hold the maximum), jobs and estimates (which report P50/P90 too).
 
+use serde_json::{Value, json};
 use sluice_core::{
     BtcUsd, Estimate, EstimateError, Percentile, Quote, QuoteRequest, RequestClass, output_budget,
     quote, reserve,
@@ -127,4 +128,17 @@ impl Priced<'_> {
         )
         .map_err(|e| ServiceError::internal(&e))
     }
+}
+
+/// A charge itemized for a receipt or a quote.
+pub fn itemized_json(i: &sluice_core::Itemized) -> Value {
+    json!({
+        "input_msat": i.input.msat(),
+        "output_msat": i.output.msat(),
+        "per_request_msat": i.per_request.msat(),
+        "margin_msat": i.margin.msat(),
+        "rounding_msat": i.rounding.msat(),
+        "minimum_msat": i.minimum.msat(),
+        "total_msat": i.total.msat(),
+    })
 }
