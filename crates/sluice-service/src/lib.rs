@@ -23,13 +23,15 @@
 //! - [`chat`]: a chat request held, answered, metered and settled ([`Sluice::chat`]);
 //! - [`jobs`]: two-phase jobs, their runner and their takeover after a crash;
 //! - [`payments`]: the one place a settled invoice is dispatched;
-//! - [`background`]: the loops, [`Sluice::start`] and [`background::Running::shutdown`].
+//! - [`background`]: the loops, [`Sluice::start`] and [`background::Running::shutdown`];
+//! - [`builder`]: a `Sluice` from its configuration ([`Sluice::builder`]).
 //!
 //! The rest of the domain (metering and chat) is moving here from the
 //! gateway: see ARCHITECTURE.md.
 
 pub mod auth;
 pub mod background;
+pub mod builder;
 pub mod chat;
 pub mod config;
 pub mod error;
