@@ -1,4 +1,5 @@
-//! Identity by Nostr key, no accounts.
+//! Identity by Nostr key on the wire (the rules are the service's,
+//! `sluice_service::identity`).
 //!
 //! - Challenge login: `POST /v1/identity/challenge` gives a nonce; the client
 //!   signs a kind-22242 event carrying it (a NIP-07 browser extension does
@@ -22,12 +23,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde_json::{Value, json};
-use sluice_core::Tier;
-use sluice_proto::{
-    macaroon::{self, MacaroonError},
-    nostr::{self, Event, HttpRequestFacts, NostrError},
-};
-use sluice_store::{ChallengeUse, NewVouch, VouchOutcome};
+use sluice_proto::nostr::{self, Event, HttpRequestFacts};
 
 use crate::{error::ApiError, state::AppState};
 
@@ -50,26 +46,6 @@ pub struct Identity {
     pub pubkey: String,
     /// How it was shown.
     pub via: Via,
-}
-
-fn nostr_error(e: NostrError) -> ApiError {
-    ApiError::unauthorized(
-        "invalid_signature",
-        format!("Nostr authentication failed: {e}"),
-    )
-}
-
-fn token_error(e: MacaroonError) -> ApiError {
-    match e {
-        MacaroonError::Expired { .. } => ApiError::unauthorized(
-            "identity_token_expired",
-            "this identity token has expired; log in again with POST /v1/identity/challenge",
-        ),
-        other => ApiError::unauthorized(
-            "invalid_identity_token",
-            format!("invalid identity token: {other}"),
-        ),
-    }
 }
 
 /// Whether an `Authorization` value uses the `Nostr` scheme (NIP-98).
@@ -148,12 +124,10 @@ async fn identify_inner(
         ));
     }
     if let Some(token) = token {
-        let claims =
-            macaroon::verify_identity_token(&state.root_secret, &token, state.clock.now_secs())
-                .map_err(token_error)?;
+        let pubkey = state.verify_identity_token(&token)?;
         let mut req = req;
         req.extensions_mut().insert(Identity {
-            pubkey: claims.pubkey,
+            pubkey,
             via: Via::Token,
         });
         return Ok(req);
@@ -168,36 +142,15 @@ async fn identify_inner(
         .await
         .map_err(|_| ApiError::too_large("the request body is too large"))?;
     let url = request_url(state, &parts.headers, &parts.uri);
-    let now = state.clock.now_secs();
-    let window = state.identity.event_window_secs;
-    let auth = nostr::verify_http_auth(
-        &header_value,
-        &HttpRequestFacts {
-            url: &url,
-            method: parts.method.as_str(),
-            body: &bytes,
-        },
-        now,
-        window,
-    )
-    .map_err(nostr_error)?;
-    // Each signed event works once, on every process sharing the database.
-    let keep_until = i64::try_from(auth.created_at.saturating_add(window).saturating_add(60))
-        .unwrap_or(i64::MAX)
-        .saturating_mul(1000);
-    if !state
-        .store
-        .remember_event(&auth.event_id, keep_until, state.now_ms())
-        .await?
-    {
-        return Err(ApiError::unauthorized(
-            "replayed_event",
-            "this signed Nostr event was used before; sign a new one for each request",
-        ));
-    }
+    let facts = HttpRequestFacts {
+        url: &url,
+        method: parts.method.as_str(),
+        body: &bytes,
+    };
+    let pubkey = state.verify_nip98(&header_value, &facts).await?;
     let mut req = Request::from_parts(parts, Body::from(bytes));
     req.extensions_mut().insert(Identity {
-        pubkey: auth.pubkey,
+        pubkey,
         via: Via::Nip98,
     });
     Ok(req)
@@ -205,31 +158,26 @@ async fn identify_inner(
 
 /// `POST /v1/identity/challenge`: a nonce to sign.
 pub async fn challenge(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let nonce = hex::encode(sluice_env::secret::<32>());
-    let ttl = state.identity.challenge_ttl_secs;
-    let expires_at = state.clock.now_secs().saturating_add(ttl);
-    state
-        .store
-        .create_challenge(
-            &nonce,
-            i64::try_from(expires_at)
-                .unwrap_or(i64::MAX)
-                .saturating_mul(1000),
+    let c = state.login_challenge().await?;
+    let sign = format!(
+        "sign an event of kind {} with the tag [\"challenge\", \"{}\"] (NIP-07: window.nostr.signEvent) and POST it as {{\"event\": ...}} to /v1/identity/verify within {} s",
+        nostr::LOGIN_KIND,
+        c.nonce,
+        c.ttl_secs
+    );
+    let body = json!({"nonce": c.nonce, "expires_at": c.expires_at, "kind": nostr::LOGIN_KIND, "sign": sign});
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// A signed event from `{"event": …}` (or the bare event); `what` names it in the error.
+fn event_of(v: Value, what: &str) -> Result<Event, ApiError> {
+    let ev = v.get("event").cloned().unwrap_or(v);
+    serde_json::from_value(ev).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_event",
+            format!("expected {{\"event\": <signed Nostr {what}>}}: {e}"),
         )
-        .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({
-            "nonce": nonce,
-            "expires_at": expires_at,
-            "kind": nostr::LOGIN_KIND,
-            "sign": format!(
-                "sign an event of kind {} with the tag [\"challenge\", \"{nonce}\"] (NIP-07: window.nostr.signEvent) and POST it as {{\"event\": ...}} to /v1/identity/verify within {ttl} s",
-                nostr::LOGIN_KIND
-            ),
-        })),
-    )
-        .into_response())
+    })
 }
 
 /// `POST /v1/identity/verify`: a signed challenge → an identity token.
@@ -238,61 +186,13 @@ pub async fn verify(
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Json(v) = body?;
-    let ev = v.get("event").cloned().unwrap_or(v);
-    let event: Event = serde_json::from_value(ev).map_err(|e| {
-        ApiError::bad_request(
-            "invalid_event",
-            format!("expected {{\"event\": <signed Nostr event>}}: {e}"),
-        )
-    })?;
-    let nonce = event
-        .tag("challenge")
-        .map(str::to_owned)
-        .unwrap_or_else(|| event.content.clone());
-    let now = state.clock.now_secs();
-    // Check the signature before using up the challenge, so nobody can burn
-    // another's nonce with a forged event.
-    let pubkey = nostr::verify_login(
-        &event,
-        &nonce,
-        now,
-        state
-            .identity
-            .challenge_ttl_secs
-            .max(state.identity.event_window_secs),
-    )
-    .map_err(nostr_error)?;
-    match state
-        .store
-        .consume_challenge(&nonce, state.now_ms())
-        .await?
-    {
-        ChallengeUse::Consumed => {}
-        ChallengeUse::Expired => {
-            return Err(ApiError::unauthorized(
-                "challenge_expired",
-                "this challenge has expired; ask for a new one with POST /v1/identity/challenge",
-            ));
-        }
-        ChallengeUse::Unknown => {
-            return Err(ApiError::unauthorized(
-                "challenge_unknown",
-                "this challenge was never issued here or was already used; ask for a new one",
-            ));
-        }
-    }
-    let expires_at = now.saturating_add(state.identity.token_ttl_secs);
-    let token = macaroon::mint_identity_token(&state.root_secret, &pubkey, expires_at)
-        .map_err(|e| ApiError::internal(&e))?;
-    // Marks the identity seen (created the first time).
-    let standing = crate::free::standing(&state, &pubkey, state.now_ms()).await?;
-    tracing::info!(tier = standing.tier.as_str(), "identity logged in");
+    let login = state.login(&event_of(v, "event")?).await?;
     Ok(Json(json!({
-        "token": token.to_base64(),
-        "pubkey": pubkey,
-        "npub": nostr::npub(&pubkey).ok(),
-        "expires_at": expires_at,
-        "tier": standing.tier.as_str(),
+        "token": login.token,
+        "pubkey": login.pubkey,
+        "npub": nostr::npub(&login.pubkey).ok(),
+        "expires_at": login.expires_at,
+        "tier": login.standing.tier.as_str(),
         "use": "send it as X-Nostr-Token on any request",
     })))
 }
@@ -312,8 +212,7 @@ pub async fn me(
     identity: Option<Extension<Identity>>,
 ) -> Result<Json<Value>, ApiError> {
     let id = required(identity)?;
-    let s = crate::free::standing(&state, &id.pubkey, state.now_ms()).await?;
-    let vouchees = state.store.vouchees_of(&id.pubkey).await?;
+    let (s, vouchees) = state.standing_of(&id.pubkey).await?;
     Ok(Json(json!({
         "pubkey": id.pubkey,
         "npub": nostr::npub(&id.pubkey).ok(),
@@ -348,64 +247,13 @@ pub async fn vouch(
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(v) = body?;
-    let ev = v.get("event").cloned().unwrap_or(v);
-    let event: Event = serde_json::from_value(ev).map_err(|e| {
-        ApiError::bad_request(
-            "invalid_event",
-            format!("expected {{\"event\": <signed Nostr vouch event>}}: {e}"),
-        )
-    })?;
-    let vouch = nostr::verify_vouch(
-        &event,
-        state.clock.now_secs(),
-        state.identity.challenge_ttl_secs,
-    )
-    .map_err(nostr_error)?;
-    let now = state.now_ms();
-    let voucher = crate::free::standing(&state, &vouch.voucher, now).await?;
-    if voucher.own_tier != Tier::Elite {
-        return Err(ApiError::forbidden(
-            "not_elite",
-            format!(
-                "only elite identities may vouch; this one is {}",
-                voucher.own_tier.as_str()
-            ),
-        ));
-    }
-    let outcome = state
-        .store
-        .add_vouch(
-            &NewVouch {
-                voucher: vouch.voucher.clone(),
-                vouchee: vouch.vouchee.clone(),
-                event_id: vouch.event_id.clone(),
-                now_ms: now,
-            },
-            state.identity.max_vouches,
-        )
-        .await?;
-    match outcome {
-        VouchOutcome::Added => {}
-        VouchOutcome::AlreadyVouched => {
-            return Err(ApiError::conflict(
-                "already_vouched",
-                "this identity already vouches for that key",
-            ));
-        }
-        VouchOutcome::TooMany { max } => {
-            return Err(ApiError::conflict(
-                "too_many_vouches",
-                format!("an identity may vouch for at most {max} keys"),
-            ));
-        }
-    }
-    let vouchee = crate::free::standing(&state, &vouch.vouchee, now).await?;
+    let v = state.vouch(&event_of(v, "vouch event")?).await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({
-            "voucher": vouch.voucher,
-            "vouchee": vouch.vouchee,
-            "vouchee_tier": vouchee.tier.as_str(),
+            "voucher": v.voucher,
+            "vouchee": v.vouchee,
+            "vouchee_tier": v.vouchee_tier.as_str(),
             "rules": "a vouch lifts the vouchee one tier (never to elite) while the voucher stays elite; each failure of the vouchee costs the voucher trust points",
         })),
     )

@@ -14,7 +14,8 @@
 //! - [`request`]: a chat request parsed, counted and bounded;
 //! - [`oracle`]: the BTC/USD price; [`estimates`]: learned output estimates;
 //! - [`free`]: the free tier's settings and in-flight promises;
-//! - [`auth`]: credentials verified, and what they allow;
+//! - [`auth`]: credentials verified, and what they allow; [`identity`]: Nostr
+//!   identities verified, challenge login, standing, vouches;
 //! - [`pricing`]: a request priced before it runs;
 //! - [`sessions`]: sessions opened, looked up and topped up; [`l402`]: L402
 //!   challenges and tokens (prepaid balances stored as sessions);
@@ -37,6 +38,7 @@ pub mod config;
 pub mod error;
 pub mod estimates;
 pub mod free;
+pub mod identity;
 pub mod invoices;
 pub mod jobs;
 pub mod l402;
