@@ -6,6 +6,13 @@ pub use sluice_service::auth::{Payer, SessionAuth, require_unrestricted};
 
 use crate::{error::ApiError, state::AppState};
 
+/// Whether an `Authorization` value uses the `Nostr` scheme (NIP-98).
+pub fn is_nostr_auth(value: &str) -> bool {
+    value
+        .split_once(' ')
+        .is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("nostr"))
+}
+
 /// The `Authorization` header, if any.
 pub fn authorization(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     headers
@@ -77,10 +84,8 @@ pub async fn payer(
     match authorization(headers)? {
         None => Ok(None),
         // NIP-98 identifies; it does not pay.
-        Some(h) if crate::identity::is_nostr_auth(h) => Ok(None),
-        Some(h) if sluice_proto::l402::is_l402(h) => {
-            Ok(Some(crate::l402::authenticate(state, h).await?))
-        }
+        Some(h) if is_nostr_auth(h) => Ok(None),
+        Some(h) if sluice_proto::l402::is_l402(h) => Ok(Some(state.l402_authenticate(h).await?)),
         Some(_) => Ok(Some(authenticate(state, headers, now_unix)?.into())),
     }
 }

@@ -117,7 +117,7 @@ pub async fn demo(
         "messages": [{"role": "user", "content": text}],
         "max_tokens": state.demo.max_tokens.min(model.budget.max_output),
     }))?;
-    let priced = crate::pricing::price(&state, &body).await?;
+    let priced = sluice_service::pricing::price(&state, &body).await?;
     let estimate = priced.hold.hold;
     let pool = state.store.pool_balance().await?;
     if pool < estimate {

@@ -7,7 +7,7 @@
 //! a load balancer stops sending paid requests that could not be recorded; a
 //! stale price answers 200 `"degraded"`.
 
-use std::{sync::Mutex, time::Duration};
+use std::time::Duration;
 
 use axum::{Json, extract::State, http::StatusCode};
 use serde_json::{Value, json};
@@ -18,11 +18,7 @@ use crate::state::AppState;
 /// How long one round of checks answers `/healthz`.
 pub const CACHE: Duration = Duration::from_secs(2);
 
-/// The last answer of `/healthz`.
-#[derive(Default)]
-pub struct Health {
-    last: Mutex<Option<(sluice_env::Stopwatch, StatusCode, Value)>>,
-}
+pub use crate::state::Health;
 
 /// `GET /healthz`.
 pub async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {

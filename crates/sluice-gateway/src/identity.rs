@@ -48,12 +48,7 @@ pub struct Identity {
     pub via: Via,
 }
 
-/// Whether an `Authorization` value uses the `Nostr` scheme (NIP-98).
-pub fn is_nostr_auth(value: &str) -> bool {
-    value
-        .split_once(' ')
-        .is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("nostr"))
-}
+pub use crate::auth::is_nostr_auth;
 
 /// The absolute URL a client signed for: the configured public URL, or the
 /// request's `Host` (with `X-Forwarded-Proto` if a proxy set it), plus the

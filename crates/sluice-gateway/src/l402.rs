@@ -18,7 +18,9 @@ pub use sluice_service::{
     l402::{CAPABILITY_CHAT, Challenge, SERVICE, root_key_name, token_session},
 };
 
-use crate::{auth::Payer, error::ApiError, sessions::invoice_json, state::AppState};
+use sluice_service::auth::Payer;
+
+use crate::{error::ApiError, sessions::invoice_json, state::AppState};
 
 /// Issue a 402 challenge for `amount` (see `Sluice::l402_challenge`): a new
 /// token, or a top-up of `token`.

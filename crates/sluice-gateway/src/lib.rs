@@ -16,6 +16,7 @@ pub mod health;
 pub mod identity;
 pub mod jobs;
 pub mod l402;
+pub mod limiter;
 pub mod pricing;
 pub mod ratelimit;
 pub mod refunds;

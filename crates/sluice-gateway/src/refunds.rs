@@ -178,7 +178,7 @@ pub async fn claim_l402(
     let Json(b) = body?;
     let session_id = match crate::auth::authorization(&headers)? {
         Some(h) if sluice_proto::l402::is_l402(h) => {
-            let payer = crate::l402::authenticate(&state, h).await?;
+            let payer = state.l402_authenticate(h).await?;
             crate::auth::require_unrestricted(&payer)?;
             payer.session_id
         }

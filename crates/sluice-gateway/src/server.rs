@@ -28,20 +28,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
-use crate::ratelimit::client_key;
+use crate::limiter::client_key;
 
-/// Connection limits and timeouts.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Time allowed for a request's headers (and an idle keep-alive connection).
-    pub header_timeout: Duration,
-    /// Connections open at once, in all.
-    pub max_connections: usize,
-    /// Connections open at once from one client (IPv6: one /64).
-    pub per_ip: usize,
-    /// Largest header block hyper buffers; larger is answered 431 by hyper itself.
-    pub max_header_buffer: usize,
-}
+pub use crate::state::Limits;
 
 /// Open connections per client.
 #[derive(Default)]

@@ -2,7 +2,7 @@
 
 use std::{ops::Deref, sync::Arc, time::Duration};
 
-use crate::ratelimit::RateLimiter;
+use crate::limiter::RateLimiter;
 
 pub use sluice_service::{HOLD_GRACE, ModelEntry, Sluice, log_ref};
 
@@ -26,11 +26,11 @@ pub struct AppState {
     /// Browser origins allowed by CORS (`*`: any; empty: none).
     pub cors_origins: Vec<String>,
     /// Connection limits and timeouts.
-    pub limits: crate::server::Limits,
+    pub limits: Limits,
     /// Time allowed for a request's body.
     pub body_timeout: Duration,
     /// The last `/healthz` answer.
-    pub health: Arc<crate::health::Health>,
+    pub health: Arc<Health>,
 }
 
 impl Deref for AppState {
@@ -39,4 +39,29 @@ impl Deref for AppState {
     fn deref(&self) -> &Sluice {
         &self.sluice
     }
+}
+
+/// Connection limits and timeouts.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Time allowed for a request's headers (and an idle keep-alive connection).
+    pub header_timeout: Duration,
+    /// Connections open at once, in all.
+    pub max_connections: usize,
+    /// Connections open at once from one client (IPv6: one /64).
+    pub per_ip: usize,
+    /// Largest header block hyper buffers; larger is answered 431 by hyper itself.
+    pub max_header_buffer: usize,
+}
+
+/// The last answer of `/healthz`.
+#[derive(Default)]
+pub struct Health {
+    pub(crate) last: std::sync::Mutex<
+        Option<(
+            sluice_env::Stopwatch,
+            axum::http::StatusCode,
+            serde_json::Value,
+        )>,
+    >,
 }
