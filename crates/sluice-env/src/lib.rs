@@ -8,8 +8,9 @@
 //!
 //! - [`Clock::now_ms`] is the wall clock, in unix milliseconds: what every
 //!   stored time, expiry and deadline is measured in.
-//! - [`Stopwatch`] measures how long something took (latency, tokens/s); it
-//!   never decides anything and is not virtual.
+//! - [`Stopwatch`] measures elapsed real time (latency, tokens/s, cache ages,
+//!   rate-limit windows); it is not virtual, so nothing the books depend on
+//!   is decided by it.
 //! - [`Ids`] names things (sessions, requests, jobs, ledger transactions).
 //! - [`secret`] makes secrets (keys, preimages, macaroon nonces): always from
 //!   the operating system's generator, never from a seed, in tests too.
@@ -135,6 +136,12 @@ pub trait Ids: Send + Sync + fmt::Debug {
         format!("{prefix}_{}", hex(&b))
     }
 
+    /// Whether these ids can be foreseen (a seed): job and L402 token ids are
+    /// capabilities, so a gateway that takes real money refuses such ids.
+    fn is_predictable(&self) -> bool {
+        false
+    }
+
     /// 32 fresh hex digits (128 bits), without a prefix.
     fn new_hex(&self) -> String {
         let mut b = [0u8; 16];
@@ -172,6 +179,10 @@ impl fmt::Debug for SeededIds {
 }
 
 impl Ids for SeededIds {
+    fn is_predictable(&self) -> bool {
+        true
+    }
+
     fn fill(&self, buf: &mut [u8]) {
         // A panic while holding the lock leaves the generator usable.
         let mut rng = self.0.lock().unwrap_or_else(|p| p.into_inner());
@@ -235,6 +246,7 @@ mod tests {
             "a generator does not repeat itself"
         );
         assert_ne!(OsIds.new_hex(), OsIds.new_hex());
+        assert!(a.is_predictable() && !OsIds.is_predictable());
         assert_ne!(secret::<32>(), secret::<32>());
     }
 }

@@ -271,26 +271,14 @@ async fn models(State(state): State<AppState>) -> Result<Json<Value>, ApiError> 
     })))
 }
 
-/// `POST /v1/lightning/lnbits/webhook`: LNbits says an invoice settled. The body
-/// is only a hint: the invoice is looked up before anything is credited. The
-/// answer comes at once and the look-up runs after it, because LNbits waits
-/// for the answer before it will answer the look-up.
+/// `POST /v1/lightning/lnbits/webhook`: LNbits says an invoice settled; the
+/// answer comes at once and the service looks the invoice up after it.
 async fn lnbits_webhook(State(state): State<AppState>, body: axum::body::Bytes) -> StatusCode {
-    let Some(ln) = state.lnbits.clone() else {
-        return StatusCode::NOT_FOUND;
-    };
-    let s = state.clone();
-    state.tasks.spawn(async move {
-        match ln.handle_webhook(&body).await {
-            Ok(Some(settled)) => {
-                crate::background::credit(&s, &settled.payment_hash, &settled.preimage.to_hex())
-                    .await;
-            }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "an LNbits webhook could not be checked"),
-        }
-    });
-    StatusCode::ACCEPTED
+    if state.sluice.lnbits_webhook(body) {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::NOT_FOUND
+    }
 }
 
 #[derive(Deserialize)]
@@ -299,56 +287,20 @@ struct PayBody {
     bolt11: String,
 }
 
-/// The customer's side of the dev wallet (mounted only with the dev wallet).
-fn dev_customer(state: &AppState) -> Result<sluice_lightning::dev::DevWallet, ApiError> {
-    state
-        .dev_wallet
-        .as_ref()
-        .map(|w| w.counterparty())
-        .ok_or_else(|| ApiError::not_found("not_found", "no such endpoint"))
-}
-
 /// `POST /v1/dev/pay`: the customer pays one of the gateway's dev invoices.
 async fn dev_pay(
     State(state): State<AppState>,
     body: Result<Json<PayBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(b) = body?;
-    let wallet = dev_customer(&state)?;
-    use sluice_lightning::{Lightning, LightningError as E};
-    match wallet
-        .pay_invoice(b.bolt11.trim(), sluice_core::Msat::ZERO)
-        .await
-    {
-        Ok(p) => {
-            // Credit now rather than waiting for the settlement event, so the caller sees it at once.
-            crate::background::credit(&state, &p.payment_hash, &p.preimage.to_hex()).await;
-            Ok((
-                StatusCode::OK,
-                Json(json!({
-                    "payment_hash": p.payment_hash.to_hex(),
-                    "preimage": p.preimage.to_hex(),
-                    "real_money": false,
-                    "warning": "dev wallet: NOT real money",
-                })),
-            )
-                .into_response())
-        }
-        Err(E::InvalidInvoice(m)) => Err(ApiError::bad_request("invalid_invoice", m)),
-        Err(E::AlreadyPaid) => Err(ApiError::bad_request(
-            "invoice_already_paid",
-            "this invoice is already paid",
-        )),
-        Err(E::Expired) => Err(ApiError::bad_request(
-            "invoice_expired",
-            "this invoice has expired",
-        )),
-        Err(E::NotFound) => Err(ApiError::bad_request(
-            "invalid_invoice",
-            "the dev wallet did not issue this invoice",
-        )),
-        Err(e) => Err(ApiError::internal(&e)),
-    }
+    let p = state.sluice.dev_pay(&b.bolt11).await?;
+    let body = json!({
+        "payment_hash": p.payment_hash.to_hex(),
+        "preimage": p.preimage,
+        "real_money": false,
+        "warning": "dev wallet: NOT real money",
+    });
+    Ok((StatusCode::OK, Json(body)).into_response())
 }
 
 #[derive(Deserialize)]
@@ -367,45 +319,18 @@ async fn dev_invoice(
     body: Result<Json<DevInvoiceBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(b) = body?;
-    let wallet = dev_customer(&state)?;
-    use sluice_lightning::Lightning;
-    let amount = sluice_core::Msat::from_sats(b.amount_sats)
-        .ok()
-        .filter(|a| *a > sluice_core::Msat::ZERO)
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "amount_out_of_range",
-                "amount_sats must be a positive number of sats",
-            )
-        })?;
-    let memo = b
-        .memo
-        .unwrap_or_else(|| "sluice dev wallet: customer invoice".into());
-    if memo.len() > 256 {
-        return Err(ApiError::bad_request(
-            "invalid_request",
-            "memo is longer than 256 bytes",
-        ));
-    }
-    let expiry = b.expiry_secs.map_or(state.invoice_expiry, |s| {
-        Duration::from_secs(s.clamp(1, 7 * 86_400))
+    let inv = state
+        .dev_invoice(b.amount_sats, b.memo, b.expiry_secs)
+        .await?;
+    let body = json!({
+        "bolt11": inv.bolt11,
+        "payment_hash": inv.payment_hash.to_hex(),
+        "amount_sats": b.amount_sats,
+        "expires_at": inv.expires_at,
+        "real_money": false,
+        "warning": "dev wallet: NOT real money",
     });
-    let inv = wallet
-        .create_invoice(amount, &memo, expiry)
-        .await
-        .map_err(|e| ApiError::internal(&e))?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({
-            "bolt11": inv.bolt11,
-            "payment_hash": inv.payment_hash.to_hex(),
-            "amount_sats": b.amount_sats,
-            "expires_at": inv.expires_at,
-            "real_money": false,
-            "warning": "dev wallet: NOT real money",
-        })),
-    )
-        .into_response())
+    Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
 /// `GET /v1/dev/invoices/{hash}`: whether a customer dev invoice was paid.
@@ -413,22 +338,9 @@ async fn dev_invoice_status(
     State(state): State<AppState>,
     crate::extract::ApiPath(hash): crate::extract::ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let wallet = dev_customer(&state)?;
-    use sluice_lightning::{InvoiceStatus, Lightning, LightningError, PaymentHash};
-    let h = PaymentHash::from_hex(hash.trim())
+    let h = sluice_lightning::PaymentHash::from_hex(hash.trim())
         .map_err(|_| ApiError::bad_request("invalid_payment_hash", "expected 64 hex characters"))?;
-    let state_name = match wallet.lookup_invoice(&h).await {
-        Ok(InvoiceStatus::Pending) => "pending",
-        Ok(InvoiceStatus::Settled { .. }) => "paid",
-        Ok(InvoiceStatus::Expired) => "expired",
-        Err(LightningError::NotFound) => {
-            return Err(ApiError::not_found(
-                "invoice_not_found",
-                "the customer's dev wallet issued no invoice with this hash",
-            ));
-        }
-        Err(e) => return Err(ApiError::internal(&e)),
-    };
+    let state_name = state.dev_invoice_status(&h).await?;
     Ok(Json(
         json!({"payment_hash": h.to_hex(), "state": state_name, "real_money": false}),
     ))

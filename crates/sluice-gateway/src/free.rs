@@ -11,17 +11,14 @@ use axum::{
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sluice_core::{Msat, Tier, TokenUsage, charge_for_settlement, day_of};
-use sluice_store::{GrantAsk, GrantKind};
+use sluice_core::{Msat, day_of};
+use sluice_store::GrantKind;
 
 pub use sluice_service::free::{
     FreeDecision, FreeTier, InFlight, Reservation, Standing, decide_for_pubkey, standing,
 };
 
-use crate::{
-    error::ApiError, extract::ApiQuery, identity::Identity, request::ChatBody, state::AppState,
-    upstream::ChatCall,
-};
+use crate::{error::ApiError, extract::ApiQuery, identity::Identity, state::AppState};
 
 /// Decide on `estimate` for `identity` (no identity: gate).
 pub async fn decide(
@@ -106,66 +103,15 @@ pub async fn demo(
             ),
         ));
     }
-    // The cheapest model by output price.
-    let model = state
-        .models
-        .values()
-        .min_by_key(|m| (m.rates.output_per_mtok, m.rates.input_per_mtok))
-        .ok_or_else(|| ApiError::unavailable("no_models", "no models are configured"))?;
-    let body = ChatBody::parse(json!({
-        "model": model.name,
-        "messages": [{"role": "user", "content": text}],
-        "max_tokens": state.demo.max_tokens.min(model.budget.max_output),
-    }))?;
-    let priced = sluice_service::pricing::price(&state, &body).await?;
-    let estimate = priced.hold.hold;
-    let pool = state.store.pool_balance().await?;
-    if pool < estimate {
-        return Err(ApiError::unavailable(
-            "pool_empty",
-            "the generosity pool that pays for demo answers is empty right now; pay for an answer with POST /v1/sessions",
-        ));
-    }
-    let completion = model
-        .upstream
-        .complete(ChatCall {
-            body: body.upstream_body(&model.upstream_model, model.limit_field, priced.max_out),
-            messages: body.messages.clone(),
-            max_tokens: priced.max_out,
-        })
-        .await
-        .map_err(|e| crate::chat::upstream_error(&e))?;
-    let usage = completion.usage.unwrap_or_else(|| TokenUsage {
-        input: priced.input,
-        output: crate::tokens::count_output(
-            &*model.upstream,
-            model.tokenizer,
-            &completion.generated,
-        ),
-    });
-    let actual = charge_for_settlement(&model.rates, usage, priced.btc);
-    let id = state.new_id("demo");
-    let ask = GrantAsk {
-        kind: GrantKind::Demo,
-        pubkey: None,
-        tier: Tier::Anonymous,
-        model: model.name.clone(),
-        cap: estimate,
-        allowance: None,
-    };
-    let absorbed = state
-        .store
-        .record_grant(&id, &ask, actual, &state.free.accounting, state.now_ms())
-        .await?;
-    tracing::info!(demo_id = %id, cost_msat = actual.msat(), absorbed_msat = absorbed.msat(), "demo answered");
+    let d = state.demo(&text).await?;
     Ok(Json(json!({
-        "id": id,
-        "model": model.name,
-        "answer": completion.text,
+        "id": d.id,
+        "model": d.model,
+        "answer": d.answer,
         "free_tier": "demo",
-        "cost_msat": actual.msat(),
-        "absorbed_msat": absorbed.msat(),
-        "usage": {"prompt_tokens": usage.input, "completion_tokens": usage.output},
+        "cost_msat": d.cost.msat(),
+        "absorbed_msat": d.absorbed.msat(),
+        "usage": {"prompt_tokens": d.usage.input, "completion_tokens": d.usage.output},
         "real_money": state.lightning.is_real_money(),
     }))
     .into_response())

@@ -47,7 +47,9 @@ pub async fn estimate(
 ) -> Result<Json<Value>, ApiError> {
     let Json(v) = body?;
     let req = ChatBody::parse(v)?;
-    let p = price(&state, &req).await?;
+    let pubkey = identity.map(|axum::Extension(i)| i.pubkey);
+    let q = state.quote(&req, pubkey.as_deref()).await?;
+    let p = &q.priced;
     let (p50, p90, c50, c90, confidence) = match &p.quote {
         Some(q) => (
             q.output_p50,
@@ -64,33 +66,11 @@ pub async fn estimate(
             0,
         ),
     };
-    let free_tier = match identity {
-        Some(axum::Extension(id)) => {
-            let f = crate::free::decide(
-                &state,
-                Some(&id),
-                p.hold.hold,
-                &p.model.name,
-                sluice_store::GrantKind::Chat,
-            )
-            .await?;
-            f.json(p.hold.hold)
-        }
-        None => Value::Null,
-    };
-    let at_max = sluice_core::itemize(
-        &p.model.rates,
-        sluice_core::TokenUsage {
-            input: p.input_held,
-            output: p.max_out,
-        },
-        p.btc,
-    )
-    .map_err(|e| ApiError::internal(&e))?;
+    let free_tier = q.free.as_ref().map_or(Value::Null, |f| f.json(p.hold.hold));
     Ok(Json(json!({
         "free_tier": free_tier,
         "pricing": price_card(p.model, p.btc)?,
-        "itemized_max": itemized_json(&at_max),
+        "itemized_max": itemized_json(&q.at_max),
         "model": p.model.name,
         "request_class": p.class.as_str(),
         "input_tokens": p.input,

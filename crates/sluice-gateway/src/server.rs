@@ -103,7 +103,8 @@ pub async fn run(
         .header_read_timeout(limits.header_timeout)
         .max_buf_size(limits.max_header_buffer.max(8192));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    // Every connection's task (the drain below waits for the served ones).
+    // Every connection's task (the graceful drain below waits for the served
+    // connections themselves, not for these tasks).
     let connections = tokio_util::task::TaskTracker::new();
     let open = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let clients = Arc::new(PerClient::default());

@@ -351,6 +351,13 @@ impl Builder<'_> {
             prebuilt,
             env,
         } = self;
+        // Job and L402 token ids are capabilities: foreseeable ones only
+        // where no real money moves.
+        if env.ids.is_predictable() && !matches!(cfg.lightning.backend, LightningBackend::Dev) {
+            return Err(BuildError::Config(
+                "seeded (predictable) ids are for the dev wallet only: job and L402 token ids are capabilities".into(),
+            ));
+        }
         let store = match store {
             Some(s) => s,
             None => sluice_store::connect(&cfg.database.url).await?,

@@ -877,7 +877,7 @@ async fn pump(
                     if let Some(obj) = chunk.as_object_mut() {
                         obj.remove("usage");
                     }
-                    if !send_within(&tx, ChatEvent::Chunk(chunk.clone()), meter.idle).await {
+                    if !send_within(&tx, ChatEvent::Chunk(chunk), meter.idle).await {
                         client_gone = true;
                     }
                 }
@@ -900,7 +900,7 @@ async fn pump(
             held_finish = Some(chunk); // the cost rides on the last chunk
             continue;
         }
-        if !send_within(&tx, ChatEvent::Chunk(chunk.clone()), meter.idle).await {
+        if !send_within(&tx, ChatEvent::Chunk(chunk), meter.idle).await {
             client_gone = true;
             break;
         }

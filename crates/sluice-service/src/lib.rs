@@ -16,16 +16,18 @@
 //! - [`free`]: the free tier's settings and in-flight promises;
 //! - [`auth`]: credentials verified, and what they allow; [`identity`]: Nostr
 //!   identities verified, challenge login, standing, vouches;
-//! - [`pricing`]: a request priced before it runs;
+//! - [`pricing`]: a request priced before it runs; [`quote`]: priced, unpaid;
 //! - [`sessions`]: sessions opened, looked up and topped up; [`l402`]: L402
 //!   challenges and tokens (prepaid balances stored as sessions);
 //! - [`refunds`]: refunds claimed, paid once and reconciled; [`invoices`]:
 //!   how long an invoice is looked after;
 //! - [`chat`]: a chat request held, answered, metered and settled ([`Sluice::chat`]);
+//!   [`demo`]: an answer the pool pays for;
 //! - [`jobs`]: two-phase jobs, their runner and their takeover after a crash;
 //! - [`payments`]: the one place a settled invoice is dispatched;
 //! - [`background`]: the loops, [`Sluice::start`] and [`background::Running::shutdown`];
-//! - [`builder`]: a `Sluice` from its configuration ([`Sluice::builder`]).
+//! - [`builder`]: a `Sluice` from its configuration ([`Sluice::builder`]);
+//! - [`dev`]: the dev network's customer side, and the LNbits webhook.
 //!
 //! The rest of the domain (metering and chat) is moving here from the
 //! gateway: see ARCHITECTURE.md.
@@ -35,6 +37,8 @@ pub mod background;
 pub mod builder;
 pub mod chat;
 pub mod config;
+pub mod demo;
+pub mod dev;
 pub mod error;
 pub mod estimates;
 pub mod free;
@@ -45,6 +49,7 @@ pub mod l402;
 pub mod oracle;
 pub mod payments;
 pub mod pricing;
+pub mod quote;
 pub mod refunds;
 pub mod request;
 pub mod sessions;

@@ -249,3 +249,21 @@ async fn wait_for(sluice: &Arc<Sluice>, id: &str, state: JobState) -> sluice_sto
     }
     panic!("job {id} never reached {}", state.as_str());
 }
+
+/// Job and L402 token ids are capabilities: a seeded id generator (the
+/// simulator's) is refused with any backend that moves real money.
+#[tokio::test]
+async fn seeded_ids_are_refused_where_real_money_moves() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&dir.path().join("s.db"));
+    cfg.lightning.backend = sluice_service::config::LightningBackend::Lnbits;
+    let err = Sluice::builder(&cfg)
+        .env(Env {
+            clock: Arc::new(ManualClock::at(0)),
+            ids: Arc::new(SeededIds::new(1)),
+        })
+        .build()
+        .await
+        .expect_err("refused");
+    assert!(err.to_string().contains("seeded"), "{err}");
+}

@@ -29,11 +29,13 @@ macro_rules! session_columns {
 }
 pub(crate) use session_columns;
 
-/// A ledger transaction's id: a digest of its idempotency key, which is
-/// unique, so the id is too (and the store needs no randomness).
+/// A ledger transaction's id: the digest of its idempotency key, which is
+/// unique, so the id is too (and the store needs no randomness). Two writers
+/// of one key then clash on both columns; the insert's `ON CONFLICT DO
+/// NOTHING` (no target) absorbs either.
 pub(crate) fn ledger_tx_id(idempotency_key: &str) -> String {
     use sha2::Digest as _;
-    hex::encode(&sha2::Sha256::digest(idempotency_key.as_bytes())[..16])
+    hex::encode(sha2::Sha256::digest(idempotency_key.as_bytes()))
 }
 
 /// A `u64` quantity as a `BIGINT`.
@@ -964,7 +966,7 @@ macro_rules! store_impl {
             let id = ledger_tx_id(&posting.idempotency_key);
             let inserted = sqlx::query(
                 "INSERT INTO ledger_tx (id, kind, idempotency_key, created_at) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (idempotency_key) DO NOTHING",
+                 ON CONFLICT DO NOTHING",
             )
             .bind(id.as_str())
             .bind(posting.kind.as_str())
@@ -2307,7 +2309,8 @@ macro_rules! store_impl {
                     .bind(id)
                     .fetch_one(&mut *tx)
                     .await?;
-                let refund_id = format!("refund_{id}_{}", prior.saturating_add(1));
+                // Zero-padded, so ids of one millisecond sort in order as text.
+                let refund_id = format!("refund_{id}_{:06}", prior.saturating_add(1));
                 let owed = Posting::refund_owed(sluice_core::Account::Session(id.to_owned()), &refund_id, balance)?;
                 write_new_postings(&mut tx, std::slice::from_ref(&owed), now_ms).await?;
                 offer_refund(
