@@ -28,7 +28,7 @@ use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use serde_json::{Value, json};
-use sluice_core::{BtcUsd, Msat, TokenUsage, charge_for_settlement};
+use sluice_core::{BtcUsd, Msat, TokenUsage};
 use sluice_store::{
     GrantKind, HoldOutcome, NewHold, RequestStatus, SettleRequest, Settled, SpendCap,
 };
@@ -38,11 +38,9 @@ use tracing::Instrument;
 use crate::{
     ServiceError, Sluice,
     auth::Payer,
+    metering::Metering,
     request::ChatBody,
-    tokens,
-    upstream::{
-        ChatCall, ChunkStream, Upstream, UpstreamError, chunk_text, finish_reason_of, usage_of,
-    },
+    upstream::{ChatCall, ChunkStream, UpstreamError, chunk_text, finish_reason_of, usage_of},
 };
 
 /// A chat request, parsed, with who pays for it.
@@ -134,12 +132,11 @@ struct Meter {
     /// The free-tier decision, when one applies (free or partial).
     free: Option<crate::free::FreeDecision>,
     public_model: String,
-    rates: sluice_core::ModelRates,
-    tokenizer: crate::config::TokenizerKind,
+    /// How the model's answers are metered (rates, tokenizer, upstream).
+    metering: Metering,
     btc: BtcUsd,
     hold: Msat,
     input_estimate: u64,
-    upstream: Arc<dyn Upstream>,
     started: sluice_env::Stopwatch,
     class: sluice_core::RequestClass,
     default_max_output: u64,
@@ -163,7 +160,7 @@ const SETTLE_RETRY_MAX: Duration = Duration::from_secs(5);
 
 impl Meter {
     fn count_output(&self, text: &str) -> u64 {
-        tokens::count_output(&*self.upstream, self.tokenizer, text)
+        self.metering.count_output(text)
     }
 
     /// Settle, retrying a failed write until shortly before the hold's
@@ -174,7 +171,7 @@ impl Meter {
         status: RequestStatus,
         censored: bool,
     ) -> Result<Settled, ServiceError> {
-        let actual = charge_for_settlement(&self.rates, usage, self.btc);
+        let actual = self.metering.cost_of(usage, self.btc);
         let (result, retried) = self
             .retrying("settle", || self.settle_once(usage, status, actual))
             .await;
@@ -382,7 +379,7 @@ impl Meter {
             "output_limit": self.limit,
             "real_money": self.state.lightning.is_real_money(),
         });
-        if let Ok(i) = sluice_core::itemize(&self.rates, usage, self.btc) {
+        if let Ok(i) = sluice_core::itemize(&self.metering.rates, usage, self.btc) {
             v["price"] = crate::pricing::itemized_json(&i);
         }
         if self.session_id.is_some() {
@@ -497,12 +494,10 @@ impl Sluice {
             session_id,
             free,
             public_model: model.name.clone(),
-            rates: model.rates,
-            tokenizer: model.tokenizer,
+            metering: Metering::of(model),
             btc,
             hold,
             input_estimate: input,
-            upstream: model.upstream.clone(),
             started: sluice_env::Stopwatch::start(),
             class: priced.class,
             default_max_output: model.budget.default_max_output,
@@ -656,7 +651,7 @@ async fn complete_response(meter: Meter, call: ChatCall) -> Result<ChatOutcome, 
     // The task owns the settlement: a client that hangs up does not leave a hold open.
     let handle = tasks.spawn(
         async move {
-            let answer = tokio::time::timeout(meter.max_duration, meter.upstream.complete(call))
+            let answer = tokio::time::timeout(meter.max_duration, meter.metering.upstream.complete(call))
                 .await
                 .unwrap_or(Err(UpstreamError::Timeout));
             match answer {
@@ -665,10 +660,7 @@ async fn complete_response(meter: Meter, call: ChatCall) -> Result<ChatOutcome, 
                     Err(upstream_error(&e))
                 }
                 Ok(c) => {
-                    let usage = c.usage.unwrap_or_else(|| TokenUsage {
-                        input: meter.input_estimate,
-                        output: meter.count_output(&c.generated),
-                    });
+                    let usage = meter.metering.usage_of(&c, meter.input_estimate);
                     let censored = c.finish_reason.as_deref() == Some("length");
                     if usage.output > meter.limit {
                         tracing::warn!(request_id = %meter.request_id, output_tokens = usage.output, limit = meter.limit, "the upstream produced more than the output limit it was told");
@@ -715,18 +707,20 @@ async fn stream_response(
         tokio::sync::oneshot::channel::<Result<mpsc::Receiver<ChatEvent>, ServiceError>>();
     meter.state.tasks.clone().spawn(
         async move {
-            let upstream =
-                match tokio::time::timeout(meter.max_duration, meter.upstream.stream(call))
-                    .await
-                    .unwrap_or(Err(UpstreamError::Timeout))
-                {
-                    Ok(s) => s,
-                    Err(e) => {
-                        meter.release(&e).await;
-                        let _ = started_tx.send(Err(upstream_error(&e)));
-                        return;
-                    }
-                };
+            let upstream = match tokio::time::timeout(
+                meter.max_duration,
+                meter.metering.upstream.stream(call),
+            )
+            .await
+            .unwrap_or(Err(UpstreamError::Timeout))
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    meter.release(&e).await;
+                    let _ = started_tx.send(Err(upstream_error(&e)));
+                    return;
+                }
+            };
             let (tx, rx) = mpsc::channel::<ChatEvent>(16);
             if started_tx.send(Ok(rx)).is_err() {
                 // The client left before any byte: stop the upstream now and

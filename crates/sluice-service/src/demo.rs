@@ -2,7 +2,7 @@
 //! generosity pool (the caller's rate is limited by whoever serves it).
 
 use serde_json::json;
-use sluice_core::{Msat, Tier, TokenUsage, charge_for_settlement};
+use sluice_core::{Msat, Tier, TokenUsage};
 use sluice_store::{GrantAsk, GrantKind};
 
 use crate::{ServiceError, Sluice, chat::upstream_error, request::ChatBody, upstream::ChatCall};
@@ -56,15 +56,9 @@ impl Sluice {
             })
             .await
             .map_err(|e| upstream_error(&e))?;
-        let usage = completion.usage.unwrap_or_else(|| TokenUsage {
-            input: priced.input,
-            output: crate::tokens::count_output(
-                &*model.upstream,
-                model.tokenizer,
-                &completion.generated,
-            ),
-        });
-        let cost = charge_for_settlement(&model.rates, usage, priced.btc);
+        let metering = crate::metering::Metering::of(model);
+        let usage = metering.usage_of(&completion, priced.input);
+        let cost = metering.cost_of(usage, priced.btc);
         let id = self.new_id("demo");
         let ask = GrantAsk {
             kind: GrantKind::Demo,

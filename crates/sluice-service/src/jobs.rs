@@ -23,8 +23,8 @@ use std::{sync::Arc, time::Duration};
 
 use serde_json::{Value, json};
 use sluice_core::{
-    BtcUsd, JobError, JobState, Msat, RefundEvent, RestartAction, TokenUsage, UsdMicros,
-    charge_for_settlement, covered_output, job::validate_request, on_restart, output_budget,
+    BtcUsd, JobError, JobState, Msat, RefundEvent, RestartAction, UsdMicros, covered_output,
+    job::validate_request, on_restart, output_budget,
 };
 use sluice_store::{Evaluation, GrantKind, JobInvoice, JobRow, NewJob, StoreError, WorkOutcome};
 
@@ -453,11 +453,9 @@ async fn run_work(state: &Arc<Sluice>, job: &JobRow) -> Result<WorkOutcome, Stri
     let c = call(state, &job.work_model, messages, limit)
         .await
         .map_err(|e| format!("the work failed: {e}"))?;
-    let usage = c.usage.unwrap_or_else(|| TokenUsage {
-        input,
-        output: crate::tokens::count_output(&*m.upstream, m.tokenizer, &c.generated),
-    });
-    let actual_charge = charge_for_settlement(&m.rates, usage, btc);
+    let metering = crate::metering::Metering::of(m);
+    let usage = metering.usage_of(&c, input);
+    let actual_charge = metering.cost_of(usage, btc);
     Ok(WorkOutcome::Completed {
         result: c.text,
         usage,

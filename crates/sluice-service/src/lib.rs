@@ -11,6 +11,7 @@
 //! - [`config`]: the configuration file's shape and defaults;
 //! - [`upstream`]: the `Upstream` port and its OpenAI-compatible, Anthropic
 //!   and local adapters; [`tokens`]: counting tokens as an upstream would;
+//!   [`metering`]: what an answer used and what it costs, written once;
 //! - [`request`]: a chat request parsed, counted and bounded;
 //! - [`oracle`]: the BTC/USD price; [`estimates`]: learned output estimates;
 //! - [`free`]: the free tier's settings and in-flight promises;
@@ -46,6 +47,7 @@ pub mod identity;
 pub mod invoices;
 pub mod jobs;
 pub mod l402;
+pub mod metering;
 pub mod oracle;
 pub mod payments;
 pub mod pricing;
