@@ -1,9 +1,9 @@
 //! The sluice gateway: an OpenAI-compatible HTTP API whose requests are paid
-//! in sats from pre-funded sessions over Lightning.
+//! in sats from pre-funded sessions over Lightning. It is HTTP only: every
+//! decision is the service's (`sluice_service::Sluice`).
 //!
-//! Where a sat enters: a deposit invoice settles → [`background::credit`].
-//! Where it is held: [`chat`] takes a hold before calling the upstream.
-//! Where it leaves the payer: [`chat`] settles the hold at the actual cost.
+//! Where a sat enters: a deposit invoice settles → `sluice_service::payments::credit`.
+//! Where it is held and where it leaves the payer: `Sluice::chat`, called by [`chat`].
 
 pub mod app;
 pub mod auth;
