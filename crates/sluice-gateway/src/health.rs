@@ -1,5 +1,6 @@
 //! `GET /healthz`: whether the gateway can take money now — the database
-//! accepts a write, the Lightning backend answers, the BTC price is fresh.
+//! accepts a write, the Lightning backend answers, the BTC price is fresh
+//! (the checks are the service's: `Sluice::health`).
 //!
 //! The checks touch the database and the backend, so their answer is kept
 //! for [`CACHE`]: an unauthenticated endpoint must not be a way to load them.
@@ -11,7 +12,6 @@ use std::time::Duration;
 
 use axum::{Json, extract::State, http::StatusCode};
 use serde_json::{Value, json};
-use sluice_lightning::{LightningError, PaymentHash};
 
 use crate::state::AppState;
 
@@ -35,55 +35,28 @@ pub async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Value>)
     (code, Json(v))
 }
 
-/// A payment hash no invoice has.
-fn probe_hash(state: &AppState) -> [u8; 32] {
-    let mut h = [0u8; 32];
-    state.ids.fill(&mut h);
-    h
-}
-
 async fn check(state: &AppState) -> (StatusCode, Value) {
-    let database = match state.store.ping().await {
-        Ok(()) => json!({"dialect": state.store.dialect(), "ok": true}),
-        Err(e) => {
-            tracing::error!(error = %e, "health check: the database refused a write");
-            json!({"dialect": state.store.dialect(), "ok": false, "error": "the database does not accept writes"})
-        }
+    let h = state.health().await;
+    let database = if h.database_ok {
+        json!({"dialect": h.dialect, "ok": true})
+    } else {
+        json!({"dialect": h.dialect, "ok": false, "error": "the database does not accept writes"})
     };
-    // Any answer about an unknown invoice shows the backend is there.
-    let lightning = match state
-        .lightning
-        .lookup_invoice(&PaymentHash(probe_hash(state)))
-        .await
-    {
-        Ok(_) | Err(LightningError::NotFound) => {
-            json!({"backend": state.lightning.name(), "ok": true})
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "health check: the Lightning backend did not answer");
-            json!({"backend": state.lightning.name(), "ok": false, "error": "the Lightning backend does not answer"})
-        }
+    let lightning = if h.lightning_ok {
+        json!({"backend": h.backend, "ok": true})
+    } else {
+        json!({"backend": h.backend, "ok": false, "error": "the Lightning backend does not answer"})
     };
-    let p = state.oracle.status();
-    let price = json!({
-        "source": p.source.as_str(),
-        "age_secs": p.age.map(|a| a.as_secs()),
-        "stale": p.stale,
-    });
-    let down = database["ok"] == false || lightning["ok"] == false;
-    let (code, status) = match (down, p.stale) {
+    let (code, status) = match (h.is_down(), h.price.stale) {
         (true, _) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         (false, true) => (StatusCode::OK, "degraded"),
         (false, false) => (StatusCode::OK, "ok"),
     };
-    (
-        code,
-        json!({
-            "status": status,
-            "database": database,
-            "lightning": lightning,
-            "price": price,
-            "real_money": state.lightning.is_real_money(),
-        }),
-    )
+    let price = json!({
+        "source": h.price.source.as_str(),
+        "age_secs": h.price.age.map(|a| a.as_secs()),
+        "stale": h.price.stale,
+    });
+    let body = json!({"status": status, "database": database, "lightning": lightning, "price": price, "real_money": h.real_money});
+    (code, body)
 }

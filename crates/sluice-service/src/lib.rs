@@ -28,7 +28,8 @@
 //! - [`payments`]: the one place a settled invoice is dispatched;
 //! - [`background`]: the loops, [`Sluice::start`] and [`background::Running::shutdown`];
 //! - [`builder`]: a `Sluice` from its configuration ([`Sluice::builder`]);
-//! - [`dev`]: the dev network's customer side, and the LNbits webhook.
+//! - [`dev`]: the dev network's customer side, and the LNbits webhook;
+//!   [`health`]: whether the service can take money now.
 //!
 //! The rest of the domain (metering and chat) is moving here from the
 //! gateway: see ARCHITECTURE.md.
@@ -43,6 +44,7 @@ pub mod dev;
 pub mod error;
 pub mod estimates;
 pub mod free;
+pub mod health;
 pub mod identity;
 pub mod invoices;
 pub mod jobs;
