@@ -11,7 +11,7 @@ use sluice_lightning::{
     dev::{DevInvoiceRecord, DevSide, DevWallet, DevWalletStore},
     lnbits::LnBits,
 };
-use sluice_store::{DevInvoiceRow, Store};
+use sluice_store::{DevInvoiceRow, DevWalletRows, Store};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
@@ -39,7 +39,20 @@ pub enum BuildError {
 }
 
 /// The dev wallet keeps its invoices in the gateway's store.
-pub struct StoreDevWallet(pub Arc<dyn Store>);
+pub struct StoreDevWallet {
+    /// Where the node key is kept (a secret).
+    pub store: Arc<dyn Store>,
+    /// Where the invoices are kept.
+    pub rows: Arc<dyn DevWalletRows>,
+}
+
+impl StoreDevWallet {
+    /// The dev wallet over `store`.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        let rows = store.clone().dev_wallet_rows();
+        StoreDevWallet { store, rows }
+    }
+}
 
 fn store_err(e: sluice_store::StoreError) -> LightningError {
     LightningError::Backend(format!("dev wallet store: {e}"))
@@ -48,14 +61,14 @@ fn store_err(e: sluice_store::StoreError) -> LightningError {
 #[async_trait]
 impl DevWalletStore for StoreDevWallet {
     async fn node_key(&self, fresh: [u8; 32]) -> Result<[u8; 32], LightningError> {
-        self.0
+        self.store
             .secret("dev_wallet_node_key", fresh)
             .await
             .map_err(store_err)
     }
 
     async fn insert(&self, i: &DevInvoiceRecord) -> Result<(), LightningError> {
-        self.0
+        self.rows
             .dev_invoice_insert(&DevInvoiceRow {
                 issuer: i.issuer.as_str().to_owned(),
                 payment_hash: i.payment_hash.to_hex(),
@@ -71,7 +84,7 @@ impl DevWalletStore for StoreDevWallet {
 
     async fn get(&self, hash: &PaymentHash) -> Result<Option<DevInvoiceRecord>, LightningError> {
         let Some(r) = self
-            .0
+            .rows
             .dev_invoice(&hash.to_hex())
             .await
             .map_err(store_err)?
@@ -92,7 +105,7 @@ impl DevWalletStore for StoreDevWallet {
     }
 
     async fn mark_paid(&self, hash: &PaymentHash, paid_at_ms: i64) -> Result<bool, LightningError> {
-        self.0
+        self.rows
             .dev_invoice_mark_paid(&hash.to_hex(), paid_at_ms)
             .await
             .map_err(store_err)
@@ -375,7 +388,7 @@ impl Builder<'_> {
             LightningBackend::Dev => {
                 let w = Arc::new(
                     DevWallet::open_with_clock(
-                        Arc::new(StoreDevWallet(store.clone())),
+                        Arc::new(StoreDevWallet::new(store.clone())),
                         env.clock.clone(),
                     )
                     .await?,

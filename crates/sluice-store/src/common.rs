@@ -1259,6 +1259,53 @@ macro_rules! store_impl {
         }
 
         #[async_trait::async_trait]
+        impl $crate::DevWalletRows for $store {
+            async fn dev_invoice_insert(&self, invoice: &DevInvoiceRow) -> Result<(), StoreError> {
+                let mut tx = self.begin_write().await?;
+                sqlx::query(
+                    "INSERT INTO dev_invoices (payment_hash, preimage, bolt11, amount_msat, expires_at, paid_at, issuer) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(invoice.payment_hash.as_str())
+                .bind(invoice.preimage.as_str())
+                .bind(invoice.bolt11.as_str())
+                .bind(invoice.amount.to_i64()?)
+                .bind(invoice.expires_at_ms)
+                .bind(invoice.paid_at_ms)
+                .bind(invoice.issuer.as_str())
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn dev_invoice(&self, payment_hash: &str) -> Result<Option<DevInvoiceRow>, StoreError> {
+                let raw: Option<$crate::common::DevInvoiceRaw> = sqlx::query_as(
+                    "SELECT issuer, payment_hash, preimage, bolt11, amount_msat, expires_at, paid_at \
+                     FROM dev_invoices WHERE payment_hash = $1",
+                )
+                .bind(payment_hash)
+                .fetch_optional(&self.pool)
+                .await?;
+                raw.map(DevInvoiceRow::try_from).transpose()
+            }
+
+            async fn dev_invoice_mark_paid(&self, payment_hash: &str, paid_at_ms: i64) -> Result<bool, StoreError> {
+                let mut tx = self.begin_write().await?;
+                let changed = sqlx::query(
+                    "UPDATE dev_invoices SET paid_at = $2 WHERE payment_hash = $1 AND paid_at IS NULL",
+                )
+                .bind(payment_hash)
+                .bind(paid_at_ms)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                tx.commit().await?;
+                Ok(changed == 1)
+            }
+        }
+
+        #[async_trait::async_trait]
         impl Store for $store {
             fn dialect(&self) -> &'static str {
                 $dialect
@@ -1731,48 +1778,8 @@ macro_rules! store_impl {
                 })
             }
 
-            async fn dev_invoice_insert(&self, invoice: &DevInvoiceRow) -> Result<(), StoreError> {
-                let mut tx = self.begin_write().await?;
-                sqlx::query(
-                    "INSERT INTO dev_invoices (payment_hash, preimage, bolt11, amount_msat, expires_at, paid_at, issuer) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                )
-                .bind(invoice.payment_hash.as_str())
-                .bind(invoice.preimage.as_str())
-                .bind(invoice.bolt11.as_str())
-                .bind(invoice.amount.to_i64()?)
-                .bind(invoice.expires_at_ms)
-                .bind(invoice.paid_at_ms)
-                .bind(invoice.issuer.as_str())
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                Ok(())
-            }
-
-            async fn dev_invoice(&self, payment_hash: &str) -> Result<Option<DevInvoiceRow>, StoreError> {
-                let raw: Option<$crate::common::DevInvoiceRaw> = sqlx::query_as(
-                    "SELECT issuer, payment_hash, preimage, bolt11, amount_msat, expires_at, paid_at \
-                     FROM dev_invoices WHERE payment_hash = $1",
-                )
-                .bind(payment_hash)
-                .fetch_optional(&self.pool)
-                .await?;
-                raw.map(DevInvoiceRow::try_from).transpose()
-            }
-
-            async fn dev_invoice_mark_paid(&self, payment_hash: &str, paid_at_ms: i64) -> Result<bool, StoreError> {
-                let mut tx = self.begin_write().await?;
-                let changed = sqlx::query(
-                    "UPDATE dev_invoices SET paid_at = $2 WHERE payment_hash = $1 AND paid_at IS NULL",
-                )
-                .bind(payment_hash)
-                .bind(paid_at_ms)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                tx.commit().await?;
-                Ok(changed == 1)
+            fn dev_wallet_rows(self: std::sync::Arc<Self>) -> std::sync::Arc<dyn $crate::DevWalletRows> {
+                self
             }
 
             async fn create_job(&self, job: &NewJob) -> Result<(), StoreError> {

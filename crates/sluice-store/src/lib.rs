@@ -702,6 +702,24 @@ pub struct RefundRow {
     pub updated_at_ms: i64,
 }
 
+/// The dev wallet's invoices, kept in the gateway's database: a store of
+/// their own beside [`Store`] (nothing of the money's books).
+#[async_trait]
+pub trait DevWalletRows: Send + Sync + 'static {
+    /// Record a dev-wallet invoice.
+    async fn dev_invoice_insert(&self, invoice: &DevInvoiceRow) -> Result<(), StoreError>;
+
+    /// A dev-wallet invoice by hex payment hash.
+    async fn dev_invoice(&self, payment_hash: &str) -> Result<Option<DevInvoiceRow>, StoreError>;
+
+    /// Mark a dev-wallet invoice paid; false if it was already paid (or unknown).
+    async fn dev_invoice_mark_paid(
+        &self,
+        payment_hash: &str,
+        paid_at_ms: i64,
+    ) -> Result<bool, StoreError>;
+}
+
 /// The persistence port of the gateway.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -821,18 +839,9 @@ pub trait Store: Send + Sync + 'static {
     /// balance and held amount equal what the ledger derives.
     async fn check_ledger(&self) -> Result<LedgerReport, StoreError>;
 
-    /// Record a dev-wallet invoice.
-    async fn dev_invoice_insert(&self, invoice: &DevInvoiceRow) -> Result<(), StoreError>;
-
-    /// A dev-wallet invoice by hex payment hash.
-    async fn dev_invoice(&self, payment_hash: &str) -> Result<Option<DevInvoiceRow>, StoreError>;
-
-    /// Mark a dev-wallet invoice paid; false if it was already paid (or unknown).
-    async fn dev_invoice_mark_paid(
-        &self,
-        payment_hash: &str,
-        paid_at_ms: i64,
-    ) -> Result<bool, StoreError>;
+    /// The dev wallet's rows in this database (kept apart from the money
+    /// store: only the dev wallet uses them).
+    fn dev_wallet_rows(self: std::sync::Arc<Self>) -> std::sync::Arc<dyn DevWalletRows>;
 
     /// Create a job (state `awaiting_eval_payment`) with its evaluation invoice.
     async fn create_job(&self, job: &NewJob) -> Result<(), StoreError>;

@@ -1124,7 +1124,8 @@ pub async fn a_session_closed_twice_in_one_millisecond_owes_two_refunds(db: &Tes
 }
 
 pub async fn dev_invoices(db: &TestDb) {
-    let store = &*db.store;
+    let rows = db.store.clone().dev_wallet_rows();
+    let store = &*rows;
     assert!(store.dev_invoice("h1").await.unwrap().is_none());
     let inv = DevInvoiceRow {
         issuer: "customer".into(),
