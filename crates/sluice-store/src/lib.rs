@@ -15,6 +15,7 @@ use sluice_core::{Interaction, Msat, SessionPolicy, SessionState, TokenUsage, Tr
 mod common;
 mod identity;
 pub mod postgres;
+mod sql;
 pub mod sqlite;
 
 pub use identity::{
@@ -720,12 +721,9 @@ pub trait DevWalletRows: Send + Sync + 'static {
     ) -> Result<bool, StoreError>;
 }
 
-/// The persistence port of the gateway.
+/// Secrets and learned estimator states, by name.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
-    /// `"sqlite"` or `"postgres"`.
-    fn dialect(&self) -> &'static str;
-
+pub trait KvStore: Send + Sync + 'static {
     /// A named 32-byte secret, created from `fresh` the first time it is asked
     /// for and the same for every process on this database afterwards.
     async fn secret(&self, name: &str, fresh: [u8; 32]) -> Result<[u8; 32], StoreError>;
@@ -748,7 +746,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Delete a named secret (revoking whatever it signs); true if it existed.
     async fn secret_delete(&self, name: &str) -> Result<bool, StoreError>;
+}
 
+/// Sessions and their invoices: created, credited exactly once, expired.
+#[async_trait]
+pub trait SessionStore: Send + Sync + 'static {
     /// Every invoice of a session, newest first.
     async fn session_invoices(&self, session_id: &str) -> Result<Vec<InvoiceRow>, StoreError>;
 
@@ -786,6 +788,15 @@ pub trait Store: Send + Sync + 'static {
     /// Mark a pending invoice expired (no money moves).
     async fn expire_invoice(&self, payment_hash: &str) -> Result<(), StoreError>;
 
+    /// Whether this gateway issued an invoice with this payment hash (a
+    /// session's or a job's).
+    async fn issued_invoice(&self, payment_hash: &str) -> Result<bool, StoreError>;
+}
+
+/// Held requests: the hold, its settlement or release, and the holds of
+/// stopped processes.
+#[async_trait]
+pub trait HoldStore: Send + Sync + 'static {
     /// Atomically take a hold: only if the session is active and unexpired at
     /// `now`, its balance covers the hold and every cap allows it. Writes the
     /// request row (status `held`) and the hold posting.
@@ -808,12 +819,6 @@ pub trait Store: Send + Sync + 'static {
     /// A request by id.
     async fn request(&self, id: &str) -> Result<Option<RequestRow>, StoreError>;
 
-    /// Record that gateway `instance_id` is alive at `now_ms`.
-    async fn heartbeat(&self, instance_id: &str, now_ms: i64) -> Result<(), StoreError>;
-
-    /// Forget a gateway instance (graceful shutdown).
-    async fn retire_instance(&self, instance_id: &str) -> Result<(), StoreError>;
-
     /// Held requests whose gateway instance has not sent a heartbeat since
     /// `stale_before_ms` (or never did), abandoned by a crash, or whose
     /// deadline is before `now_ms`: to release. The holds of `own_instance`
@@ -826,23 +831,11 @@ pub trait Store: Send + Sync + 'static {
         now_ms: i64,
         own_instance: &str,
     ) -> Result<Vec<RequestRow>, StoreError>;
+}
 
-    /// A cheap write that changes a row, to tell whether the database
-    /// accepts writes now (and, for SQLite, that its file is still there).
-    async fn ping(&self) -> Result<(), StoreError>;
-
-    /// Whether this gateway issued an invoice with this payment hash (a
-    /// session's or a job's).
-    async fn issued_invoice(&self, payment_hash: &str) -> Result<bool, StoreError>;
-
-    /// Check every ledger transaction balances and every session's stored
-    /// balance and held amount equal what the ledger derives.
-    async fn check_ledger(&self) -> Result<LedgerReport, StoreError>;
-
-    /// The dev wallet's rows in this database (kept apart from the money
-    /// store: only the dev wallet uses them).
-    fn dev_wallet_rows(self: std::sync::Arc<Self>) -> std::sync::Arc<dyn DevWalletRows>;
-
+/// Two-phase jobs: their invoices, phases, owners and outcomes.
+#[async_trait]
+pub trait JobStore: Send + Sync + 'static {
     /// Create a job (state `awaiting_eval_payment`) with its evaluation invoice.
     async fn create_job(&self, job: &NewJob) -> Result<(), StoreError>;
 
@@ -936,7 +929,11 @@ pub trait Store: Send + Sync + 'static {
         &self,
         states: &[sluice_core::JobState],
     ) -> Result<Vec<JobRow>, StoreError>;
+}
 
+/// Refunds: owed when a balance closes or a job ends, claimed, paid once, expired.
+#[async_trait]
+pub trait RefundStore: Send + Sync + 'static {
     /// A refund by id.
     async fn refund(&self, id: &str) -> Result<Option<RefundRow>, StoreError>;
 
@@ -976,7 +973,11 @@ pub trait Store: Send + Sync + 'static {
     async fn expired_refunds(&self, now_ms: i64) -> Result<Vec<RefundRow>, StoreError>;
 
     // ---- identity, trust and the free tier ----
+}
 
+/// The generosity pool and its grants.
+#[async_trait]
+pub trait PoolStore: Send + Sync + 'static {
     /// Seed the generosity pool with `amount` (`Posting::pool_seed`) unless it
     /// was seeded before, whatever the amount then. True when seeded now.
     async fn seed_pool(&self, amount: Msat, now_ms: i64) -> Result<bool, StoreError>;
@@ -1008,7 +1009,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every grant of an identity, newest first.
     async fn grants_for(&self, pubkey: &str) -> Result<Vec<GrantRow>, StoreError>;
+}
 
+/// Identities, trust, login challenges, seen events and vouches.
+#[async_trait]
+pub trait IdentityStore: Send + Sync + 'static {
     /// An identity by pubkey.
     async fn identity(&self, pubkey: &str) -> Result<Option<IdentityRow>, StoreError>;
 
@@ -1061,6 +1066,52 @@ pub trait Store: Send + Sync + 'static {
 
     /// The keys `voucher` vouches for.
     async fn vouchees_of(&self, voucher: &str) -> Result<Vec<String>, StoreError>;
+}
+
+/// Operations: the dialect, instances and their heartbeats, the health probe,
+/// the ledger check, the dev wallet's rows.
+#[async_trait]
+pub trait OpsStore: Send + Sync + 'static {
+    /// `"sqlite"` or `"postgres"`.
+    fn dialect(&self) -> &'static str;
+
+    /// Record that gateway `instance_id` is alive at `now_ms`.
+    async fn heartbeat(&self, instance_id: &str, now_ms: i64) -> Result<(), StoreError>;
+
+    /// Forget a gateway instance (graceful shutdown).
+    async fn retire_instance(&self, instance_id: &str) -> Result<(), StoreError>;
+
+    /// A cheap write that changes a row, to tell whether the database
+    /// accepts writes now (and, for SQLite, that its file is still there).
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Check every ledger transaction balances and every session's stored
+    /// balance and held amount equal what the ledger derives.
+    async fn check_ledger(&self) -> Result<LedgerReport, StoreError>;
+
+    /// The dev wallet's rows in this database (kept apart from the money
+    /// store: only the dev wallet uses them).
+    fn dev_wallet_rows(self: std::sync::Arc<Self>) -> std::sync::Arc<dyn DevWalletRows>;
+}
+
+/// The persistence port of the gateway: every per-domain store at once.
+/// Each method is one transaction; the lock order stays inside the store.
+pub trait Store:
+    KvStore + SessionStore + HoldStore + JobStore + RefundStore + PoolStore + IdentityStore + OpsStore
+{
+}
+
+impl<
+    T: KvStore
+        + SessionStore
+        + HoldStore
+        + JobStore
+        + RefundStore
+        + PoolStore
+        + IdentityStore
+        + OpsStore,
+> Store for T
+{
 }
 
 /// Why a refund event was not applied.

@@ -152,3 +152,11 @@ impl PgStore {
 }
 
 crate::common::store_impl!(PgStore, PgConnection, "postgres");
+crate::sql::kv::kv_impl!(PgStore, PgConnection, "postgres");
+crate::sql::sessions::sessions_impl!(PgStore, PgConnection, "postgres");
+crate::sql::holds::holds_impl!(PgStore, PgConnection, "postgres");
+crate::sql::jobs::jobs_impl!(PgStore, PgConnection, "postgres");
+crate::sql::refunds::refunds_impl!(PgStore, PgConnection, "postgres");
+crate::sql::pool::pool_impl!(PgStore, PgConnection, "postgres");
+crate::sql::identities::identities_impl!(PgStore, PgConnection, "postgres");
+crate::sql::ops::ops_impl!(PgStore, PgConnection, "postgres");

@@ -268,3 +268,11 @@ impl SqliteStore {
 }
 
 crate::common::store_impl!(SqliteStore, SqliteConnection, "sqlite");
+crate::sql::kv::kv_impl!(SqliteStore, SqliteConnection, "sqlite");
+crate::sql::sessions::sessions_impl!(SqliteStore, SqliteConnection, "sqlite");
+crate::sql::holds::holds_impl!(SqliteStore, SqliteConnection, "sqlite");
+crate::sql::jobs::jobs_impl!(SqliteStore, SqliteConnection, "sqlite");
+crate::sql::refunds::refunds_impl!(SqliteStore, SqliteConnection, "sqlite");
+crate::sql::pool::pool_impl!(SqliteStore, SqliteConnection, "sqlite");
+crate::sql::identities::identities_impl!(SqliteStore, SqliteConnection, "sqlite");
+crate::sql::ops::ops_impl!(SqliteStore, SqliteConnection, "sqlite");

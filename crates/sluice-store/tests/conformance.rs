@@ -37,17 +37,21 @@ macro_rules! conformance_suite {
     };
 }
 
-/// The list of cases, once, for both backends.
+/// The list of cases, once, for both backends, grouped by the store trait
+/// each exercises (a case may touch others on the way).
 macro_rules! all_cases {
     ($backend:ident) => {
         conformance_suite!($backend:
+            // SessionStore: sessions and their invoices
             session_create_and_get,
             credit_is_idempotent,
             concurrent_credits_credit_once,
             credit_of_unknown_invoice_is_not_found,
             topup_resumes_a_paused_session,
             an_expired_session_revives_when_money_arrives,
-            a_session_closed_twice_in_one_millisecond_owes_two_refunds,
+            pending_invoices_and_expiry,
+            session_invoices_lists_every_invoice_of_one_session,
+            // HoldStore: holds, settlements, releases
             hold_refused_while_awaiting_payment,
             hold_refused_when_insufficient,
             hold_refused_when_expired,
@@ -59,27 +63,27 @@ macro_rules! all_cases {
             release_returns_the_whole_hold,
             settling_an_expired_session_keeps_it_expired,
             abandoned_holds_follow_heartbeats,
-            pending_invoices_and_expiry,
-            ledger_is_consistent_after_a_workload_and_notices_tampering,
             concurrent_holds_never_overdraw,
-            secret_is_stable,
-            closing_a_session_refunds_its_balance_once,
-            estimator_states_are_saved_per_model_and_class,
-            secrets_can_be_read_without_creating_and_deleted,
-            session_invoices_lists_every_invoice_of_one_session,
-            dev_invoices,
-            concurrent_opens_migrate_once,
+            a_hold_past_its_deadline_is_released_and_a_late_settle_is_a_recorded_loss,
+            // JobStore: two-phase jobs
             job_happy_path_refunds_the_unspent_work_payment,
             a_rejected_job_earns_its_fee_and_owes_nothing,
             a_failed_evaluation_refunds_its_fee,
             failed_work_refunds_the_whole_work_payment,
             job_payments_are_recorded_once,
             concurrent_job_outcomes_apply_once,
+            jobs_are_listed_by_state,
+            a_job_invoice_paid_after_its_expiry_is_still_credited,
+            a_job_belongs_to_its_process_until_that_process_is_dead,
+            // RefundStore: refunds owed, claimed, paid, expired
+            closing_a_session_refunds_its_balance_once,
+            a_session_closed_twice_in_one_millisecond_owes_two_refunds,
             a_refund_is_claimed_and_paid_once,
             a_failed_payout_can_be_claimed_again,
             unclaimed_refunds_expire_into_the_pool,
-            jobs_are_listed_by_state,
-            upgrading_the_ledger_keeps_its_rows,
+            routing_fees_are_on_the_books,
+            a_failed_payout_binds_its_invoice_until_it_expires,
+            // PoolStore: the generosity pool and its grants
             the_pool_is_seeded_once,
             a_paid_settle_credits_the_pool_and_the_identity,
             a_partial_grant_settles_the_rest_on_the_payer,
@@ -87,20 +91,25 @@ macro_rules! all_cases {
             the_allowance_starts_again_each_day,
             recording_a_grant_twice_absorbs_once,
             free_and_partial_jobs_use_the_pool,
+            concurrent_grants_never_overdraw_the_pool,
+            upgrading_keeps_the_pool_it_had,
+            // IdentityStore: identities, trust, challenges, vouches
             a_rejected_job_costs_its_identity_and_vouchers,
             challenges_and_events_work_once,
             vouches_are_limited,
             scores_decay_after_a_long_absence,
-            concurrent_grants_never_overdraw_the_pool,
-            upgrading_keeps_the_pool_it_had,
-            a_failed_write_does_not_poison_the_store,
-            a_hold_past_its_deadline_is_released_and_a_late_settle_is_a_recorded_loss,
-            a_job_invoice_paid_after_its_expiry_is_still_credited,
-            a_job_belongs_to_its_process_until_that_process_is_dead,
-            routing_fees_are_on_the_books,
-            a_failed_payout_binds_its_invoice_until_it_expires,
             paying_days_are_counted_once_a_day,
+            // KvStore: secrets and estimator states
+            secret_is_stable,
+            secrets_can_be_read_without_creating_and_deleted,
+            estimator_states_are_saved_per_model_and_class,
+            // OpsStore and the store as a whole: the ledger, migrations, faults, the dev wallet's rows
+            ledger_is_consistent_after_a_workload_and_notices_tampering,
+            upgrading_the_ledger_keeps_its_rows,
+            concurrent_opens_migrate_once,
+            a_failed_write_does_not_poison_the_store,
             amounts_near_the_i64_boundary_never_wrap,
+            dev_invoices,
         );
     };
 }
