@@ -620,7 +620,10 @@ pub(crate) enum Finish<'a> {
     },
 }
 
-/// The `impl Store` for one dialect. `$store` must have a `pool` field and
+/// The shared SQL plumbing of one dialect (its imports, the posting and
+/// locking helpers, the multi-step transactions); the per-domain trait
+/// impls in `crate::sql` are expanded after it, with the same arguments.
+/// `$store` must have a `pool` field and
 /// inherent `begin_write()` (a transaction that will write: on SQLite it holds
 /// the database write lock from its first statement) and `begin_read()` (one
 /// consistent snapshot); `$conn` is the dialect's connection type.
