@@ -1,6 +1,6 @@
-//! The free tier on the wire: `GET /v1/pool`, the demo endpoint `GET /v1/demo`
-//! and the decision for a request's identity. The rules, an identity's
-//! standing and the decision are the service's (`sluice_service::free`).
+//! The free tier on the wire: `GET /v1/pool` and the demo endpoint
+//! `GET /v1/demo`. The rules, an identity's standing and the decision are the service's
+//! (`sluice_service::free`).
 
 use std::net::SocketAddr;
 
@@ -11,28 +11,9 @@ use axum::{
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sluice_core::{Msat, day_of};
-use sluice_store::GrantKind;
+use sluice_core::day_of;
 
-pub use sluice_service::free::{
-    FreeDecision, FreeTier, InFlight, Reservation, Standing, decide_for_pubkey, standing,
-};
-
-use crate::{error::ApiError, extract::ApiQuery, identity::Identity, state::AppState};
-
-/// Decide on `estimate` for `identity` (no identity: gate).
-pub async fn decide(
-    state: &AppState,
-    identity: Option<&Identity>,
-    estimate: Msat,
-    model: &str,
-    kind: GrantKind,
-) -> Result<FreeDecision, ApiError> {
-    let Some(id) = identity else {
-        return Ok(FreeDecision::anonymous());
-    };
-    Ok(decide_for_pubkey(state, &id.pubkey, estimate, model, kind).await?)
-}
+use crate::{error::ApiError, extract::ApiQuery, state::AppState};
 
 /// `GET /v1/pool`: the generosity pool.
 pub async fn pool(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use sluice_core::{JobState, Msat, UsdMicros};
 use sluice_store::{JobInvoice, JobRow};
 
-pub use sluice_service::{JobModels, jobs::check_request};
+pub use sluice_service::jobs::check_request;
 
 use crate::{
     error::ApiError,
@@ -150,11 +150,6 @@ pub async fn claim_refund(
     crate::refunds::claim(&state, &rid, &b.invoice).await
 }
 
-/// Look for job invoices settled while no push arrived (`sluice_service::jobs::poll_pending`).
-pub async fn poll_pending(state: &AppState) {
-    sluice_service::jobs::poll_pending(&state.sluice).await;
-}
-
 /// Resume or fail the jobs a stopped process left (`sluice_service::jobs::resume_at_start`).
 pub async fn resume_at_start(state: &AppState) {
     sluice_service::jobs::resume_at_start(&state.sluice).await;
@@ -163,14 +158,4 @@ pub async fn resume_at_start(state: &AppState) {
 /// Take over the jobs of processes that stopped (`sluice_service::jobs::reconcile`).
 pub async fn reconcile(state: &AppState) {
     sluice_service::jobs::reconcile(&state.sluice).await;
-}
-
-/// Settle the job refunds nobody claimed in time (`sluice_service::jobs::expire_refunds`).
-pub async fn expire_refunds(state: &AppState) {
-    sluice_service::jobs::expire_refunds(&state.sluice).await;
-}
-
-/// A settled invoice that may be a job's (`sluice_service::jobs::invoice_paid`).
-pub async fn invoice_paid(state: &AppState, payment_hash: &str, preimage_hex: &str) -> bool {
-    sluice_service::jobs::invoice_paid(&state.sluice, payment_hash, preimage_hex).await
 }

@@ -13,10 +13,7 @@ use serde_json::json;
 use sluice_core::Msat;
 use sluice_proto::l402;
 
-pub use sluice_service::{
-    is_token_session,
-    l402::{CAPABILITY_CHAT, Challenge, SERVICE, root_key_name, token_session},
-};
+pub use sluice_service::l402::root_key_name;
 
 use sluice_service::auth::Payer;
 

@@ -8,7 +8,7 @@ use axum::{
 use serde_json::{Value, json};
 use sluice_core::{BtcUsd, UsdMicros};
 
-pub use sluice_service::pricing::{Priced, estimate_error, itemized_json, price};
+use sluice_service::pricing::itemized_json;
 
 use crate::{
     error::ApiError,

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sluice_store::RefundRow;
 
-pub use sluice_service::refunds::{ClaimOutcome, dust_threshold, fee_budget};
+use sluice_service::refunds::{ClaimOutcome, fee_budget};
 
 use crate::{auth::authenticate_owner, error::ApiError, extract::ApiPath, state::AppState};
 

@@ -4,7 +4,7 @@ use std::{ops::Deref, sync::Arc, time::Duration};
 
 use crate::limiter::RateLimiter;
 
-pub use sluice_service::{HOLD_GRACE, ModelEntry, Sluice, log_ref};
+pub use sluice_service::{ModelEntry, Sluice};
 
 /// Everything a handler needs: the service, and the HTTP-only parts
 /// (limiters, CORS, body and connection limits, the health cache).

@@ -5,10 +5,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use sluice_store::Store;
 
-pub use sluice_service::builder::{
-    BuildError, Builder, CREDENTIAL_TTL, Env, StoreDevWallet, free_tier_of, job_models_of,
-    models_of, oracle_of, policy_of, rates_of,
-};
+pub use sluice_service::builder::{BuildError, Env};
 
 use crate::{
     config::Config, ratelimit::RateLimiter, state::AppState, state::Sluice, upstream::Upstream,

@@ -42,10 +42,6 @@ Reply with JSON only: {\"accepted\": true or false, \"reason\": \"one short sent
 /// Output limit of an evaluation.
 const EVAL_MAX_TOKENS: u64 = 128;
 
-fn jobs(state: &Sluice) -> Result<&JobModels, ServiceError> {
-    state.jobs_enabled()
-}
-
 impl Sluice {
     /// The jobs' models; not found when jobs are not enabled.
     pub fn jobs_enabled(&self) -> Result<&JobModels, ServiceError> {
@@ -94,7 +90,7 @@ impl Sluice {
         request: Option<String>,
         pubkey: Option<String>,
     ) -> Result<CreatedJob, ServiceError> {
-        let models = jobs(self)?.clone();
+        let models = self.jobs_enabled()?.clone();
         check_request(self, request.as_deref(), "")?;
         let request = request.unwrap_or_default();
         let fee =
@@ -132,7 +128,7 @@ impl Sluice {
     /// Job `id`; with `wait` seconds (at most 60), once its state changed or
     /// the time is up.
     pub async fn job(&self, id: &str, wait: Option<u64>) -> Result<JobRow, ServiceError> {
-        jobs(self)?;
+        self.jobs_enabled()?;
         let read = || async {
             self.store
                 .job(id)
@@ -281,13 +277,12 @@ async fn call(
         .map_err(|e| e.to_string())
 }
 
-/// Run (or re-run) the evaluation of a job in `evaluating`.
-pub async fn evaluate(state: &Arc<Sluice>, id: &str) {
-    let Ok(Some(job)) = state.store.job(id).await else {
-        return;
-    };
-    if job.state != JobState::Evaluating {
-        return;
+/// Job `id` if it is in `phase`, with this process's attempt at it counted
+/// (the attempt records this instance as the job's owner).
+async fn begin_phase(state: &Sluice, id: &str, phase: JobState) -> Option<JobRow> {
+    let job = state.store.job(id).await.ok()??;
+    if job.state != phase {
+        return None;
     }
     if let Err(e) = state
         .store
@@ -296,6 +291,14 @@ pub async fn evaluate(state: &Arc<Sluice>, id: &str) {
     {
         tracing::error!(job = %log_ref(id), error = %e, "could not count an attempt");
     }
+    Some(job)
+}
+
+/// Run (or re-run) the evaluation of a job in `evaluating`.
+pub async fn evaluate(state: &Arc<Sluice>, id: &str) {
+    let Some(job) = begin_phase(state, id, JobState::Evaluating).await else {
+        return;
+    };
     let messages = vec![
         ("system".to_owned(), EVAL_PROMPT.to_owned()),
         ("user".to_owned(), job.request.clone()),
@@ -390,19 +393,9 @@ async fn quote_work(state: &Arc<Sluice>, job: &JobRow) -> Result<Evaluation, Str
 
 /// Run the work of a job in `executing`.
 pub async fn execute(state: &Arc<Sluice>, id: &str) {
-    let Ok(Some(job)) = state.store.job(id).await else {
+    let Some(job) = begin_phase(state, id, JobState::Executing).await else {
         return;
     };
-    if job.state != JobState::Executing {
-        return;
-    }
-    if let Err(e) = state
-        .store
-        .job_attempt(id, &state.instance_id, state.now_ms())
-        .await
-    {
-        tracing::error!(job = %log_ref(id), error = %e, "could not count an attempt");
-    }
     let outcome = run_work(state, &job)
         .await
         .unwrap_or_else(|reason| WorkOutcome::Failed { reason });
