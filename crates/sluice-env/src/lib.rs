@@ -8,6 +8,8 @@
 //!
 //! - [`Clock::now_ms`] is the wall clock, in unix milliseconds: what every
 //!   stored time, expiry and deadline is measured in.
+//! - [`TimerClock`] is the wall clock moved by tokio's timer, for running
+//!   on virtual time with `tokio::time::pause()`: books and timeouts agree.
 //! - [`Stopwatch`] measures elapsed real time (latency, tokens/s, cache ages,
 //!   rate-limit windows); it is not virtual, so nothing the books depend on
 //!   is decided by it.
@@ -96,6 +98,40 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now_ms(&self) -> i64 {
         self.now_ms.load(Ordering::SeqCst)
+    }
+}
+
+/// The wall clock driven by tokio's timer: it starts at the host's time and
+/// moves as tokio's clock moves. Under `tokio::time::pause()` (the
+/// simulator, a test with `start_paused`), the books' time and every
+/// timeout, retry and poll interval move together on one virtual clock,
+/// as fast as the work allows.
+#[derive(Debug)]
+pub struct TimerClock {
+    start_ms: i64,
+    start: tokio::time::Instant,
+}
+
+impl TimerClock {
+    /// A clock reading the host's time now, moving with tokio's clock.
+    pub fn starting_now() -> Self {
+        Self::at(system_now_ms())
+    }
+
+    /// A clock reading `now_ms` now, moving with tokio's clock.
+    pub fn at(now_ms: i64) -> Self {
+        TimerClock {
+            start_ms: now_ms,
+            start: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Clock for TimerClock {
+    fn now_ms(&self) -> i64 {
+        let since = tokio::time::Instant::now().duration_since(self.start);
+        self.start_ms
+            .saturating_add(i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
     }
 }
 
@@ -214,6 +250,20 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timer_clock_moves_with_tokios_virtual_time() {
+        let c = TimerClock::at(5_000);
+        assert_eq!(c.now_ms(), 5_000);
+        // An hour of paused time passes at once, for the timer and the books alike.
+        let real = Stopwatch::start();
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert_eq!(c.now_ms(), 5_000 + 3_600_000);
+        assert!(real.elapsed() < Duration::from_secs(5));
+        let _ =
+            tokio::time::timeout(Duration::from_millis(250), std::future::pending::<()>()).await;
+        assert_eq!(c.now_ms(), 5_000 + 3_600_250);
+    }
 
     #[test]
     fn a_manual_clock_moves_only_when_told() {

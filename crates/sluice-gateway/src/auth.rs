@@ -4,7 +4,9 @@
 use axum::http::{HeaderMap, header};
 pub use sluice_service::auth::{Payer, SessionAuth, require_unrestricted};
 
-use crate::{error::ApiError, state::AppState};
+use sluice_service::Sluice;
+
+use crate::error::ApiError;
 
 /// Whether an `Authorization` value uses the `Nostr` scheme (NIP-98).
 pub fn is_nostr_auth(value: &str) -> bool {
@@ -45,7 +47,7 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
 
 /// Verify the request's session macaroon at `now_unix`.
 pub fn authenticate(
-    state: &AppState,
+    state: &Sluice,
     headers: &HeaderMap,
     now_unix: u64,
 ) -> Result<SessionAuth, ApiError> {
@@ -54,7 +56,7 @@ pub fn authenticate(
 
 /// Authenticate and require the credential to be for `session_id`.
 pub fn authenticate_for(
-    state: &AppState,
+    state: &Sluice,
     headers: &HeaderMap,
     session_id: &str,
     now_unix: u64,
@@ -65,7 +67,7 @@ pub fn authenticate_for(
 /// Authenticate for `session_id` with the whole authority over its balance
 /// (to close it or claim its refund).
 pub fn authenticate_owner(
-    state: &AppState,
+    state: &Sluice,
     headers: &HeaderMap,
     session_id: &str,
     now_unix: u64,
@@ -77,7 +79,7 @@ pub fn authenticate_owner(
 
 /// The payer of a paid request: `None` when no credential was sent.
 pub async fn payer(
-    state: &AppState,
+    state: &Sluice,
     headers: &HeaderMap,
     now_unix: u64,
 ) -> Result<Option<Payer>, ApiError> {

@@ -13,20 +13,35 @@ use axum::{
 use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::Value;
+use sluice_proto::{
+    api::{ErrorBody, PaymentRequired},
+    openai::{ChatCompletion, ChatCompletionRequest},
+};
 use sluice_service::chat::{ChatEvent, ChatOutcome, ChatRequest, CompleteAnswer, StreamAnswer};
+use sluice_service::request::ChatBody;
 
 pub use sluice_service::chat::upstream_error;
 
-use crate::{
-    auth, error::ApiError, extract::ClientIp, identity::Identity, request::ChatBody,
-    state::AppState,
-};
+use crate::{auth, error::ApiError, extract::ClientIp, identity::Identity, state::AppState};
 
 fn header_value(v: impl ToString) -> HeaderValue {
     HeaderValue::from_str(&v.to_string()).unwrap_or(HeaderValue::from_static("0"))
 }
 
-/// The handler.
+/// An OpenAI chat completion, paid from a session (`Authorization: Bearer`),
+/// an L402 token (`Authorization: L402`; without one: 402 with an invoice)
+/// or the free tier (an identity); `stream: true` answers server-sent
+/// events of `ChatCompletionChunk`s.
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "chat",
+    request_body = ChatCompletionRequest,
+    security((), ("session" = []), ("l402" = []), ("nostr_token" = []), ("nip98" = [])),
+    responses(
+        (status = 200, description = "the answer (or an SSE stream of `ChatCompletionChunk`s)",
+            body = ChatCompletion,
+            headers(("x-sluice-cost-msat" = u64, description = "what the request cost"),
+                ("x-sluice-request-id" = String, description = "the request's id"))),
+        (status = 402, body = PaymentRequired), (status = "4XX", body = ErrorBody),
+        (status = "5XX", body = ErrorBody)))]
 pub async fn chat_completions(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
@@ -34,7 +49,8 @@ pub async fn chat_completions(
     headers: HeaderMap,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let payer = auth::payer(&state, &headers, state.clock.now_secs()).await?;
+    let sluice = &state.sluice;
+    let payer = auth::payer(sluice, &headers, sluice.clock.now_secs()).await?;
     let Json(v) = body?;
     let request = ChatRequest {
         body: ChatBody::parse(v)?,
@@ -44,22 +60,10 @@ pub async fn chat_completions(
             .map(crate::ratelimit::client_key)
             .map_or_else(String::new, |i| i.to_string()),
     };
-    match state.sluice.chat(request).await? {
+    match sluice.chat(request).await? {
         ChatOutcome::Complete(a) => Ok(complete(a)),
         ChatOutcome::Stream(s) => Ok(stream(s)),
-        ChatOutcome::PayFirst(p) => {
-            let why = p.why;
-            crate::l402::challenge(
-                &state,
-                ip,
-                p.amount,
-                p.token,
-                p.pubkey,
-                why,
-                p.presented.as_ref(),
-            )
-            .await
-        }
+        ChatOutcome::PayFirst(p) => crate::l402::challenge(&state, ip, p).await,
     }
 }
 

@@ -11,17 +11,17 @@
 use std::time::Duration;
 
 use axum::{Json, extract::State, http::StatusCode};
-use serde_json::{Value, json};
+use sluice_proto::api::{Health, HealthDatabase, HealthLightning, HealthPrice};
 
 use crate::state::AppState;
 
 /// How long one round of checks answers `/healthz`.
 pub const CACHE: Duration = Duration::from_secs(2);
 
-pub use crate::state::Health;
-
 /// `GET /healthz`.
-pub async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, body = Health), (status = 503, body = Health)))]
+pub async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
     if let Ok(last) = state.health.last.lock()
         && let Some((at, code, v)) = last.as_ref()
         && at.elapsed() < CACHE
@@ -35,28 +35,35 @@ pub async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Value>)
     (code, Json(v))
 }
 
-async fn check(state: &AppState) -> (StatusCode, Value) {
-    let h = state.health().await;
-    let database = if h.database_ok {
-        json!({"dialect": h.dialect, "ok": true})
-    } else {
-        json!({"dialect": h.dialect, "ok": false, "error": "the database does not accept writes"})
+async fn check(state: &AppState) -> (StatusCode, Health) {
+    let h = state.sluice.health().await;
+    let database = HealthDatabase {
+        dialect: h.dialect.to_string(),
+        ok: h.database_ok,
+        error: (!h.database_ok).then(|| "the database does not accept writes".into()),
     };
-    let lightning = if h.lightning_ok {
-        json!({"backend": h.backend, "ok": true})
-    } else {
-        json!({"backend": h.backend, "ok": false, "error": "the Lightning backend does not answer"})
+    let lightning = HealthLightning {
+        backend: h.backend.to_string(),
+        ok: h.lightning_ok,
+        error: (!h.lightning_ok).then(|| "the Lightning backend does not answer".into()),
     };
     let (code, status) = match (h.is_down(), h.price.stale) {
         (true, _) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         (false, true) => (StatusCode::OK, "degraded"),
         (false, false) => (StatusCode::OK, "ok"),
     };
-    let price = json!({
-        "source": h.price.source.as_str(),
-        "age_secs": h.price.age.map(|a| a.as_secs()),
-        "stale": h.price.stale,
-    });
-    let body = json!({"status": status, "database": database, "lightning": lightning, "price": price, "real_money": h.real_money});
+    let price = HealthPrice {
+        source: h.price.source.as_str().to_owned(),
+        age_secs: h.price.age.map(|a| a.as_secs()),
+        stale: h.price.stale,
+    };
+    let status = status.to_owned();
+    let body = Health {
+        status,
+        database,
+        lightning,
+        price,
+        real_money: h.real_money,
+    };
     (code, body)
 }

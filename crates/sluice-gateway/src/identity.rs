@@ -22,7 +22,8 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use serde_json::{Value, json};
+use serde_json::Value;
+use sluice_proto::api::{ErrorBody, Login, LoginChallenge, Me, SignedEvent, Vouched};
 use sluice_proto::nostr::{self, Event, HttpRequestFacts};
 
 use crate::{error::ApiError, state::AppState};
@@ -55,7 +56,7 @@ pub use crate::auth::is_nostr_auth;
 /// path and query.
 fn request_url(state: &AppState, headers: &HeaderMap, uri: &axum::http::Uri) -> String {
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    if let Some(base) = &state.public_url {
+    if let Some(base) = &state.sluice.public_url {
         return format!("{}{path}", base.trim_end_matches('/'));
     }
     let host = headers
@@ -119,7 +120,7 @@ async fn identify_inner(
         ));
     }
     if let Some(token) = token {
-        let pubkey = state.verify_identity_token(&token)?;
+        let pubkey = state.sluice.verify_identity_token(&token)?;
         let mut req = req;
         req.extensions_mut().insert(Identity {
             pubkey,
@@ -142,7 +143,7 @@ async fn identify_inner(
         method: parts.method.as_str(),
         body: &bytes,
     };
-    let pubkey = state.verify_nip98(&header_value, &facts).await?;
+    let pubkey = state.sluice.verify_nip98(&header_value, &facts).await?;
     let mut req = Request::from_parts(parts, Body::from(bytes));
     req.extensions_mut().insert(Identity {
         pubkey,
@@ -151,17 +152,27 @@ async fn identify_inner(
     Ok(req)
 }
 
-/// `POST /v1/identity/challenge`: a nonce to sign.
-pub async fn challenge(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let c = state.login_challenge().await?;
+/// A nonce to sign: the first step of a challenge login.
+#[utoipa::path(post, path = "/v1/identity/challenge", tag = "identity",
+    responses((status = 201, body = LoginChallenge), (status = "4XX", body = ErrorBody)))]
+pub async fn challenge(
+    State(state): State<AppState>,
+) -> Result<(StatusCode, Json<LoginChallenge>), ApiError> {
+    let c = state.sluice.login_challenge().await?;
     let sign = format!(
         "sign an event of kind {} with the tag [\"challenge\", \"{}\"] (NIP-07: window.nostr.signEvent) and POST it as {{\"event\": ...}} to /v1/identity/verify within {} s",
         nostr::LOGIN_KIND,
         c.nonce,
         c.ttl_secs
     );
-    let body = json!({"nonce": c.nonce, "expires_at": c.expires_at, "kind": nostr::LOGIN_KIND, "sign": sign});
-    Ok((StatusCode::CREATED, Json(body)).into_response())
+    let kind = u64::from(nostr::LOGIN_KIND);
+    let body = LoginChallenge {
+        nonce: c.nonce,
+        expires_at: c.expires_at,
+        kind,
+        sign,
+    };
+    Ok((StatusCode::CREATED, Json(body)))
 }
 
 /// A signed event from `{"event": …}` (or the bare event); `what` names it in the error.
@@ -175,23 +186,27 @@ fn event_of(v: Value, what: &str) -> Result<Event, ApiError> {
     })
 }
 
-/// `POST /v1/identity/verify`: a signed challenge → an identity token.
+/// A signed challenge → an identity token, to send as `X-Nostr-Token`.
+#[utoipa::path(post, path = "/v1/identity/verify", tag = "identity",
+    request_body = SignedEvent,
+    responses((status = 200, body = Login), (status = "4XX", body = ErrorBody)))]
 pub async fn verify(
     State(state): State<AppState>,
     body: Result<Json<Value>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Login>, ApiError> {
     let Json(v) = body?;
-    let login = state.login(&event_of(v, "event")?).await?;
-    Ok(Json(json!({
-        "token": login.token,
-        "pubkey": login.pubkey,
-        "npub": nostr::npub(&login.pubkey).ok(),
-        "expires_at": login.expires_at,
-        "tier": login.standing.tier.as_str(),
-        "use": "send it as X-Nostr-Token on any request",
-    })))
+    let login = state.sluice.login(&event_of(v, "event")?).await?;
+    Ok(Json(Login {
+        npub: nostr::npub(&login.pubkey).ok(),
+        token: login.token,
+        pubkey: login.pubkey,
+        expires_at: login.expires_at,
+        tier: login.standing.tier.as_str().to_owned(),
+        how: "send it as X-Nostr-Token on any request".into(),
+    }))
 }
 
+/// The request's identity, or 401.
 fn required(identity: Option<Extension<Identity>>) -> Result<Identity, ApiError> {
     identity.map(|Extension(i)| i).ok_or_else(|| {
         ApiError::unauthorized(
@@ -201,58 +216,38 @@ fn required(identity: Option<Extension<Identity>>) -> Result<Identity, ApiError>
     })
 }
 
-/// `GET /v1/identity/me`
+/// The identity's standing: tier, trust, vouches, its free allowance.
+#[utoipa::path(get, path = "/v1/identity/me", tag = "identity",
+    security(("nostr_token" = []), ("nip98" = [])),
+    responses((status = 200, body = Me), (status = "4XX", body = ErrorBody)))]
 pub async fn me(
     State(state): State<AppState>,
     identity: Option<Extension<Identity>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Me>, ApiError> {
     let id = required(identity)?;
-    let (s, vouchees) = state.standing_of(&id.pubkey).await?;
-    Ok(Json(json!({
-        "pubkey": id.pubkey,
-        "npub": nostr::npub(&id.pubkey).ok(),
-        "tier": s.tier.as_str(),
-        "own_tier": s.own_tier.as_str(),
-        "trust_score": s.score,
-        "paid_days": s.row.paid_days,
-        "vouched_by": s.vouchers,
-        "vouches_for": vouchees,
-        "interactions": {
-            "total": s.row.successes + s.row.failures,
-            "successful": s.row.successes,
-            "failed": s.row.failures,
-        },
-        "sats_paid": s.row.paid.to_sats_floor(),
-        "paid_msat": s.row.paid.msat(),
-        "absorbed_msat": s.row.absorbed.msat(),
-        "free_allowance": {
-            "daily_sats": s.allowance.to_sats_floor(),
-            "left_today_msat": s.left_today.msat(),
-            "left_today_sats": s.left_today.to_sats_floor(),
-        },
-        "first_seen": s.row.first_seen_ms / 1000,
-        "last_seen": s.row.last_seen_ms / 1000,
-    })))
+    let (s, vouchees) = state.sluice.standing_of(&id.pubkey).await?;
+    Ok(Json(crate::views::me(&id.pubkey, &s, vouchees)))
 }
 
-/// `POST /v1/identity/vouch`: `{"event": <signed kind-1985 vouch>}` from an
-/// elite identity.
+/// An elite identity's signed vouch (kind 1985) for another.
+#[utoipa::path(post, path = "/v1/identity/vouch", tag = "identity",
+    request_body = SignedEvent,
+    responses((status = 201, body = Vouched), (status = "4XX", body = ErrorBody)))]
 pub async fn vouch(
     State(state): State<AppState>,
     body: Result<Json<Value>, JsonRejection>,
-) -> Result<Response, ApiError> {
+) -> Result<(StatusCode, Json<Vouched>), ApiError> {
     let Json(v) = body?;
-    let v = state.vouch(&event_of(v, "vouch event")?).await?;
+    let v = state.sluice.vouch(&event_of(v, "vouch event")?).await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({
-            "voucher": v.voucher,
-            "vouchee": v.vouchee,
-            "vouchee_tier": v.vouchee_tier.as_str(),
-            "rules": "a vouch lifts the vouchee one tier (never to elite) while the voucher stays elite; each failure of the vouchee costs the voucher trust points",
-        })),
-    )
-        .into_response())
+        Json(Vouched {
+            voucher: v.voucher,
+            vouchee: v.vouchee,
+            vouchee_tier: v.vouchee_tier.as_str().to_owned(),
+            rules: "a vouch lifts the vouchee one tier (never to elite) while the voucher stays elite; each failure of the vouchee costs the voucher trust points".into(),
+        }),
+    ))
 }
 
 /// The identity's pubkey, for binding to sessions, jobs and requests.

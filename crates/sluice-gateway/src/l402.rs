@@ -9,18 +9,15 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use serde_json::json;
-use sluice_core::Msat;
 use sluice_proto::l402;
+use sluice_service::chat::PayFirst;
 
 pub use sluice_service::l402::root_key_name;
 
-use sluice_service::auth::Payer;
+use crate::{error::ApiError, state::AppState, views};
 
-use crate::{error::ApiError, sessions::invoice_json, state::AppState};
-
-/// Issue a 402 challenge for `amount` (see `Sluice::l402_challenge`): a new
-/// token, or a top-up of `token`.
+/// Answer 402 with a challenge for what `p` asks (see `Sluice::l402_challenge`):
+/// a new token, or a top-up of the token presented.
 ///
 /// Every challenge writes an invoice (and a root key) for a caller who has
 /// not paid, so it is limited per client IP (`server.public_rate_per_minute`)
@@ -30,52 +27,25 @@ use crate::{error::ApiError, sessions::invoice_json, state::AppState};
 pub async fn challenge(
     state: &AppState,
     ip: Option<std::net::IpAddr>,
-    amount: Msat,
-    token: Option<[u8; 32]>,
-    pubkey: Option<String>,
-    why: &str,
-    presented: Option<&Payer>,
+    p: PayFirst,
 ) -> Result<Response, ApiError> {
-    if token.is_some()
+    if p.token.is_some()
         && let Err(wait) = state.limiter.check(ip)
     {
-        return Ok(crate::ratelimit::too_many(
-            wait,
-            format!("too many payment challenges from this client; retry in {wait} s"),
-        ));
+        let why = format!("too many payment challenges from this client; retry in {wait} s");
+        return Ok(crate::ratelimit::too_many(wait, why));
     }
     let c = state
-        .l402_challenge(amount, token, pubkey, presented)
+        .sluice
+        .l402_challenge(p.amount, p.token, p.pubkey, p.presented.as_ref())
         .await?;
-    let Some((mac, valid_until)) = c.macaroon else {
-        let body = json!({
-            "error": {
-                "message": format!("{why}: pay the invoice to top the token up, then retry with the credential you have (a restricted credential gets no new macaroon)"),
-                "type": "insufficient_quota",
-                "code": "payment_required",
-            },
-            "l402": {"invoice": invoice_json(state, &c.invoice)},
-        });
-        return Ok((StatusCode::PAYMENT_REQUIRED, Json(body)).into_response());
-    };
-    let body = json!({
-        "error": {
-            "message": format!("{why}: pay the invoice, then retry with Authorization: L402 <macaroon>:<preimage>"),
-            "type": "insufficient_quota",
-            "code": "payment_required",
-        },
-        "l402": {"macaroon": mac, "invoice": invoice_json(state, &c.invoice), "valid_until": valid_until},
-    });
+    let body = views::payment_required(&state.sluice, &c, p.why);
     let mut r = (StatusCode::PAYMENT_REQUIRED, Json(body)).into_response();
-    for h in l402::challenge_headers(&mac, &c.invoice.bolt11) {
+    let headers = (c.macaroon.as_ref()).map(|(m, _)| l402::challenge_headers(m, &c.invoice.bolt11));
+    for h in headers.into_iter().flatten() {
         if let Ok(v) = HeaderValue::from_str(&h) {
             r.headers_mut().append(header::WWW_AUTHENTICATE, v);
         }
     }
     Ok(r)
-}
-
-/// Verify `Authorization: L402|LSAT <macaroon>:<preimage>` (see `Sluice::l402_authenticate`).
-pub async fn authenticate(state: &AppState, header: &str) -> Result<Payer, ApiError> {
-    Ok(state.l402_authenticate(header).await?)
 }

@@ -7,7 +7,6 @@
 
 pub mod app;
 pub mod auth;
-pub mod background;
 pub mod chat;
 pub mod error;
 pub mod extract;
@@ -24,6 +23,7 @@ pub mod server;
 pub mod sessions;
 pub mod state;
 pub mod testing;
+pub mod views;
 pub mod wiring;
 
 // The service layer's modules, at the paths the gateway has always had.

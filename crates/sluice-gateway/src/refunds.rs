@@ -1,10 +1,7 @@
-//! Refunds on the wire: the claim endpoints of closed sessions and L402
-//! tokens, a claim's answer, and refunds as clients see them. Claiming and
-//! paying once are the service's (`sluice_service::refunds`).
-//!
-//! Jobs (`POST /v1/jobs/{id}/refund`), sessions (`POST /v1/sessions/{id}/close`
-//! then `/refund`) and L402 tokens (`POST /v1/l402/refund`, with the token's
-//! unrestricted credential) all claim through [`claim`].
+//! Refunds on the wire: closing a session, claiming a session's, a job's or
+//! an L402 token's refund to the caller's invoice. The rules — at most once,
+//! a fee budget, the outcome of a payout never guessed — are the service's
+//! (`sluice_service::refunds`).
 
 use axum::{
     Json,
@@ -12,191 +9,164 @@ use axum::{
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
 };
-use serde::Deserialize;
-use serde_json::{Value, json};
-use sluice_store::RefundRow;
+use sluice_proto::api::{
+    AlreadyClaimed, ClaimBody, ClaimPaid, ClaimPaying, ErrorBody, ErrorDetail, L402RefundBody,
+    SessionClosed,
+};
+use sluice_service::{Sluice, refunds::ClaimOutcome};
 
-use sluice_service::refunds::{ClaimOutcome, fee_budget};
+use crate::{auth::authenticate_owner, error::ApiError, extract::ApiPath, state::AppState, views};
 
-use crate::{auth::authenticate_owner, error::ApiError, extract::ApiPath, state::AppState};
-
-/// Body of a refund claim.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClaimBody {
-    /// A BOLT11 invoice for exactly the refund.
-    pub invoice: String,
-    /// Which refund (a balance closed, revived and closed again owes several);
-    /// may be left out when only one can be claimed.
-    pub refund_id: Option<String>,
+/// Pay refund `refund_id` to `invoice`, and answer with the outcome.
+pub async fn claim(sluice: &Sluice, refund_id: &str, invoice: &str) -> Result<Response, ApiError> {
+    Ok(claim_answer(sluice.claim_refund(refund_id, invoice).await?))
 }
 
-/// The refund as clients see it: claim it with an invoice for `payout_sats`
-/// less a routing-fee budget between `fee_budget_min_msat` and `fee_budget_max_msat`.
-pub fn refund_json(r: &RefundRow, state: &AppState) -> Value {
-    let (least, most) = fee_budget(state, r.refund.payout);
-    json!({
-        "refund_id": r.id,
-        "state": r.refund.state.as_str(),
-        "amount_msat": r.refund.amount.msat(),
-        "payout_sats": r.refund.payout_sats(),
-        "expires_at": r.refund.expires_at_ms / 1000,
-        "payment_hash": r.refund.payment_hash,
-        "fee_budget_min_msat": least.msat(),
-        "fee_budget_max_msat": most.msat(),
-        "paid_msat": (r.refund.state == sluice_core::RefundState::Claimed).then(|| r.refund.claimed.msat()),
-        "fee_msat": (r.refund.state == sluice_core::RefundState::Claimed).then(|| r.refund.fee.msat()),
-    })
-}
-
-/// How to claim refund `r` at `path`: the request, with the invoice amount
-/// and the routing-fee budget it may leave.
-pub fn claim_hint(state: &AppState, path: &str, r: &RefundRow) -> String {
-    let (least, most) = fee_budget(state, r.refund.payout);
-    format!(
-        "POST {path} {{\"invoice\": \"<bolt11 for {} sats less a routing-fee budget of {} to {} msat>\"}}",
-        r.refund.payout_sats(),
-        least.msat(),
-        most.msat()
-    )
-}
-
-/// Claim refund `refund_id` with `invoice`, and answer as the outcome says:
-/// 200 paid, 202 not known yet, 409 already claimed, 502 refused.
-pub async fn claim(state: &AppState, refund_id: &str, invoice: &str) -> Result<Response, ApiError> {
-    claim_answer(state.claim_refund(refund_id, invoice).await?)
-}
-
-/// A claim's outcome as an answer.
-fn claim_answer(outcome: ClaimOutcome) -> Result<Response, ApiError> {
-    let (status, body) = match outcome {
+/// A claim's outcome on the wire: 200 paid, 202 not known yet (never paid
+/// twice), 409 already claimed, 502 refused (nothing paid; claim again).
+fn claim_answer(outcome: ClaimOutcome) -> Response {
+    match outcome {
         ClaimOutcome::Paid {
             payment_hash,
             preimage,
             amount,
             fee,
-        } => (
-            StatusCode::OK,
-            json!({"state": "claimed", "payment_hash": payment_hash, "preimage": preimage, "amount_msat": amount.msat(), "amount_sats": amount.to_sats_floor(), "fee_msat": fee.msat()}),
-        ),
-        ClaimOutcome::Refused { reason } => (
-            StatusCode::BAD_GATEWAY,
-            json!({"error": {"message": format!("the payout was refused and nothing was paid ({reason}); claim again with a new invoice"), "type": "upstream_error", "code": "payout_failed"}}),
-        ),
+        } => {
+            let body = ClaimPaid {
+                state: "claimed".into(),
+                payment_hash,
+                preimage,
+                amount_msat: amount.msat(),
+                amount_sats: amount.to_sats_floor(),
+                fee_msat: fee.msat(),
+            };
+            (StatusCode::OK, Json(body)).into_response()
+        }
+        ClaimOutcome::Refused { reason } => {
+            let message = format!(
+                "the payout was refused and nothing was paid ({reason}); claim again with a new invoice"
+            );
+            let body = ErrorBody::new("upstream_error", "payout_failed", message);
+            (StatusCode::BAD_GATEWAY, Json(body)).into_response()
+        }
         ClaimOutcome::Unknown {
             payment_hash,
             reason,
-        } => (
-            StatusCode::ACCEPTED,
-            json!({"state": "paying", "payment_hash": payment_hash, "message": format!("the payout's outcome is not known yet ({reason}); it will not be paid twice")}),
-        ),
+        } => {
+            let message = format!(
+                "the payout's outcome is not known yet ({reason}); it will not be paid twice"
+            );
+            let body = ClaimPaying {
+                state: "paying".into(),
+                payment_hash,
+                message,
+            };
+            (StatusCode::ACCEPTED, Json(body)).into_response()
+        }
         ClaimOutcome::AlreadyClaimed {
             payment_hash,
             message,
-        } => (
-            StatusCode::CONFLICT,
-            json!({
-                "error": {"message": message, "type": "invalid_request_error", "code": "refund_already_claimed"},
-                "payment_hash": payment_hash,
-            }),
-        ),
-    };
-    Ok((status, Json(body)).into_response())
+        } => {
+            let error = ErrorDetail {
+                message,
+                kind: "invalid_request_error".into(),
+                code: "refund_already_claimed".into(),
+            };
+            (
+                StatusCode::CONFLICT,
+                Json(AlreadyClaimed {
+                    error,
+                    payment_hash,
+                }),
+            )
+                .into_response()
+        }
+    }
 }
 
-/// Settle payouts whose outcome was never recorded (`sluice_service::refunds::reconcile`).
-pub async fn reconcile(state: &AppState) {
-    sluice_service::refunds::reconcile(state).await;
-}
-
-/// Every refund a balance owes or owed, newest first, as clients see them.
-pub(crate) async fn refunds_json(state: &AppState, owner: &str) -> Result<Vec<Value>, ApiError> {
-    Ok(state
-        .store
-        .refunds_for(owner)
-        .await?
-        .iter()
-        .map(|r| refund_json(r, state))
-        .collect())
-}
-
-/// `POST /v1/sessions/{id}/close` (bearer): end the session; its balance becomes a refund.
+/// Close a session: what is left becomes a refund to claim (the
+/// unrestricted credential required).
+#[utoipa::path(post, path = "/v1/sessions/{id}/close", tag = "sessions",
+    params(("id" = String, Path, description = "the session's id")),
+    security(("session" = [])),
+    responses((status = 200, body = SessionClosed), (status = "4XX", body = ErrorBody)))]
 pub async fn close_session(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    authenticate_owner(&state, &headers, &id, state.clock.now_secs())?;
-    let refund = sluice_service::refunds::close(&state, &id).await?;
+) -> Result<Json<SessionClosed>, ApiError> {
+    let sluice = &state.sluice;
+    authenticate_owner(sluice, &headers, &id, sluice.clock.now_secs())?;
+    let refund = sluice_service::refunds::close(sluice, &id).await?;
     tracing::info!(session_id = %id, refund = refund.is_some(), "session closed");
-    Ok(Json(json!({
-        "session_id": id,
-        "state": "closed",
-        "refund": refund.as_ref().map(|r| refund_json(r, &state)),
-        "claim": refund
-            .as_ref()
-            .map(|r| claim_hint(&state, &format!("/v1/sessions/{id}/refund"), r)),
-    })))
+    let path = format!("/v1/sessions/{id}/refund");
+    Ok(Json(SessionClosed {
+        refund: refund.as_ref().map(|r| views::refund(sluice, r, None)),
+        claim: refund.as_ref().map(|r| views::claim_hint(sluice, &path, r)),
+        session_id: id,
+        state: "closed".into(),
+    }))
 }
 
-/// `POST /v1/sessions/{id}/refund` (bearer): claim the closed session's refund.
+/// Claim a closed or expired session's refund (the unrestricted credential required).
+#[utoipa::path(post, path = "/v1/sessions/{id}/refund", tag = "sessions",
+    params(("id" = String, Path, description = "the session's id")),
+    request_body = ClaimBody, security(("session" = [])),
+    responses((status = 200, body = ClaimPaid), (status = 202, body = ClaimPaying),
+        (status = 409, body = AlreadyClaimed), (status = "4XX", body = ErrorBody),
+        (status = 502, body = ErrorBody)))]
 pub async fn claim_session(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
     body: Result<Json<ClaimBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    authenticate_owner(&state, &headers, &id, state.clock.now_secs())?;
+    let sluice = &state.sluice;
+    authenticate_owner(sluice, &headers, &id, sluice.clock.now_secs())?;
     let Json(b) = body?;
-    let r = sluice_service::refunds::refund_to_claim(&state, &id, b.refund_id.as_deref()).await?;
-    claim(&state, &r.id, &b.invoice).await
+    let r = sluice_service::refunds::refund_to_claim(sluice, &id, b.refund_id.as_deref()).await?;
+    claim(sluice, &r.id, &b.invoice).await
 }
 
-/// Body of an L402 refund.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct L402RefundBody {
-    /// A BOLT11 invoice for exactly the refund.
-    pub invoice: String,
-    /// Which refund, when the token owes several.
-    pub refund_id: Option<String>,
-    /// No longer accepted (see [`claim_l402`]); named so the refusal can say why.
-    pub preimage: Option<String>,
-}
-
-/// `POST /v1/l402/refund`: close an L402 token and pay out its unused balance,
-/// authorised by the token itself, unrestricted (no spend cap, no model list).
-///
-/// The preimage alone is not enough: it is half of every L402 credential, so
-/// whoever was handed an attenuated token also holds it, and a delegate must
-/// not be able to take the whole balance.
+/// Claim what an L402 token has left (its unrestricted macaroon and preimage required).
+#[utoipa::path(post, path = "/v1/l402/refund", tag = "l402",
+    request_body = L402RefundBody, security(("l402" = [])),
+    responses((status = 200, body = ClaimPaid), (status = 202, body = ClaimPaying),
+        (status = 409, body = AlreadyClaimed), (status = "4XX", body = ErrorBody),
+        (status = 502, body = ErrorBody)))]
 pub async fn claim_l402(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Json<L402RefundBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(b) = body?;
-    let session_id = match crate::auth::authorization(&headers)? {
-        Some(h) if sluice_proto::l402::is_l402(h) => {
-            let payer = state.l402_authenticate(h).await?;
-            crate::auth::require_unrestricted(&payer)?;
-            payer.session_id
-        }
-        _ if b.preimage.is_some() => {
-            return Err(ApiError::unauthorized(
-                "missing_credential",
-                "a preimage alone cannot claim a token's refund (every holder of the token has it); send Authorization: L402 <macaroon>:<preimage> with the token's unrestricted macaroon",
-            ));
-        }
-        _ => {
-            return Err(ApiError::unauthorized(
-                "missing_credential",
-                "send Authorization: L402 <macaroon>:<preimage> with the token's unrestricted macaroon",
-            ));
-        }
-    };
+    let session_id = l402_owner(&state.sluice, &headers, b.preimage.is_some()).await?;
     let outcome = state
+        .sluice
         .claim_l402_refund(&session_id, &b.invoice, b.refund_id.as_deref())
         .await?;
-    claim_answer(outcome)
+    Ok(claim_answer(outcome))
+}
+
+/// The token an L402 refund claim is for: its unrestricted credential, never a bare preimage.
+async fn l402_owner(
+    sluice: &Sluice,
+    headers: &HeaderMap,
+    preimage: bool,
+) -> Result<String, ApiError> {
+    match crate::auth::authorization(headers)? {
+        Some(h) if sluice_proto::l402::is_l402(h) => {
+            let payer = sluice.l402_authenticate(h).await?;
+            crate::auth::require_unrestricted(&payer)?;
+            Ok(payer.session_id)
+        }
+        _ if preimage => Err(ApiError::unauthorized(
+            "missing_credential",
+            "a preimage alone cannot claim a token's refund (every holder of the token has it); send Authorization: L402 <macaroon>:<preimage> with the token's unrestricted macaroon",
+        )),
+        _ => Err(ApiError::unauthorized(
+            "missing_credential",
+            "send Authorization: L402 <macaroon>:<preimage> with the token's unrestricted macaroon",
+        )),
+    }
 }

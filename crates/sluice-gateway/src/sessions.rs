@@ -8,93 +8,80 @@ use axum::{
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
 };
-use serde::Deserialize;
-use serde_json::{Value, json};
-use sluice_lightning::Invoice;
+use sluice_proto::api::{AmountBody, ErrorBody, SessionCreated, SessionView, TopUp};
 
 use crate::{
     auth::authenticate_for,
     error::ApiError,
     extract::{ApiPath, ClientIp},
+    identity::Identity,
     state::AppState,
+    views,
 };
 
-/// Body of `POST /v1/sessions` and `POST /v1/sessions/{id}/topup`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AmountBody {
-    /// Sats to deposit.
-    pub amount_sats: u64,
-}
-
-pub(crate) fn invoice_json(state: &AppState, inv: &Invoice) -> Value {
-    let mut v = json!({
-        "bolt11": inv.bolt11,
-        "payment_hash": inv.payment_hash.to_hex(),
-        "amount_sats": inv.amount.to_sats_floor(),
-        "expires_at": inv.expires_at,
-    });
-    if !state.lightning.is_real_money() {
-        v["warning"] = Value::String(
-            "dev wallet invoice: NOT real money. Pay it with POST /v1/dev/pay or `sluice wallet pay`.".into(),
-        );
-    }
-    v
-}
-
-fn parse_amount(body: Result<Json<AmountBody>, JsonRejection>) -> Result<u64, ApiError> {
-    let Json(b) = body?;
-    Ok(b.amount_sats)
-}
-
-/// `POST /v1/sessions`
+/// Open a session: a deposit invoice and the session's bearer credential.
+#[utoipa::path(post, path = "/v1/sessions", tag = "sessions", operation_id = "create_session",
+    request_body = AmountBody,
+    responses((status = 201, body = SessionCreated), (status = "4XX", body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
-    identity: Option<axum::Extension<crate::identity::Identity>>,
+    identity: Option<axum::Extension<Identity>>,
     body: Result<Json<AmountBody>, JsonRejection>,
-) -> Result<Response, ApiError> {
-    let sats = parse_amount(body)?;
-    let s = state
-        .open_session(sats, crate::identity::pubkey_of(&identity))
-        .await?;
-    let mut body = json!({
-        "session_id": s.id,
-        "macaroon": s.macaroon,
-        "state": "awaiting_payment",
-        "credential_expires_at": s.credential_expires_at,
-        "invoice": invoice_json(&state, &s.invoice),
-    });
-    if let Some(p) = s.pubkey {
-        body["pubkey"] = p.into();
-    }
-    Ok((StatusCode::CREATED, Json(body)).into_response())
+) -> Result<(StatusCode, Json<SessionCreated>), ApiError> {
+    let Json(b) = body?;
+    let pubkey = crate::identity::pubkey_of(&identity);
+    let s = state.sluice.open_session(b.amount_sats, pubkey).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(SessionCreated {
+            invoice: views::invoice(&state.sluice, &s.invoice),
+            session_id: s.id,
+            macaroon: s.macaroon,
+            state: "awaiting_payment".into(),
+            credential_expires_at: s.credential_expires_at,
+            pubkey: s.pubkey,
+        }),
+    ))
 }
 
-/// `GET /v1/sessions/{id}`
+/// A session's balance, holds and refunds (its credential required).
+#[utoipa::path(get, path = "/v1/sessions/{id}", tag = "sessions", operation_id = "get_session",
+    params(("id" = String, Path, description = "the session's id")),
+    security(("session" = [])),
+    responses((status = 200, body = SessionView), (status = "4XX", body = ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    authenticate_for(&state, &headers, &id, state.clock.now_secs())?;
-    let (s, st) = state.session(&id).await?;
-    Ok(Json(json!({
-        "session_id": s.id,
-        "state": st.as_str(),
-        "balance_msat": s.balance.msat(),
-        "held_msat": s.held.msat(),
-        "deposited_msat": s.deposited.msat(),
-        "spent_msat": s.spent.msat(),
-        "minimum_balance_msat": state.policy.min_balance.msat(),
-        "expires_at": s.expires_at_ms / 1000,
-        "refunds": crate::refunds::refunds_json(&state, &id).await?,
-        "real_money": state.lightning.is_real_money(),
-    })))
+) -> Result<Json<SessionView>, ApiError> {
+    let sluice = &state.sluice;
+    authenticate_for(sluice, &headers, &id, sluice.clock.now_secs())?;
+    let (s, st) = sluice.session(&id).await?;
+    let refunds = sluice.store.refunds_for(&id).await?;
+    Ok(Json(SessionView {
+        session_id: s.id,
+        state: st.as_str().to_owned(),
+        balance_msat: s.balance.msat(),
+        held_msat: s.held.msat(),
+        deposited_msat: s.deposited.msat(),
+        spent_msat: s.spent.msat(),
+        minimum_balance_msat: sluice.policy.min_balance.msat(),
+        expires_at: s.expires_at_ms / 1000,
+        refunds: refunds
+            .iter()
+            .map(|r| views::refund(sluice, r, None))
+            .collect(),
+        real_money: sluice.lightning.is_real_money(),
+    }))
 }
 
-/// `POST /v1/sessions/{id}/topup`. A top-up writes an invoice for a caller
-/// who may never pay (an unfunded session's credential is free to get), so
-/// it is limited per client IP like session creation.
+/// Top a session up: another deposit invoice. A top-up writes an invoice
+/// for a caller who may never pay (an unfunded session's credential is free
+/// to get), so it is limited per client IP like session creation.
+#[utoipa::path(post, path = "/v1/sessions/{id}/topup", tag = "sessions", operation_id = "top_up_session",
+    params(("id" = String, Path, description = "the session's id")),
+    request_body = AmountBody, security(("session" = [])),
+    responses((status = 201, body = TopUp), (status = "4XX", body = ErrorBody)))]
 pub async fn topup(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
@@ -102,19 +89,19 @@ pub async fn topup(
     headers: HeaderMap,
     body: Result<Json<AmountBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    authenticate_for(&state, &headers, &id, state.clock.now_secs())?;
-    let sats = parse_amount(body)?;
-    state.may_top_up(&id).await?;
+    let sluice = &state.sluice;
+    authenticate_for(sluice, &headers, &id, sluice.clock.now_secs())?;
+    let Json(b) = body?;
+    sluice.may_top_up(&id).await?;
     if let Err(wait) = state.limiter.check(ip) {
-        return Ok(crate::ratelimit::too_many(
-            wait,
-            format!("too many invoices from this client; retry in {wait} s"),
-        ));
+        let why = format!("too many invoices from this client; retry in {wait} s");
+        return Ok(crate::ratelimit::too_many(wait, why));
     }
-    let inv = state.top_up(&id, sats).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"session_id": id, "invoice": invoice_json(&state, &inv)})),
-    )
-        .into_response())
+    let inv = sluice.top_up(&id, b.amount_sats).await?;
+    let invoice = views::invoice(sluice, &inv);
+    let body = TopUp {
+        session_id: id,
+        invoice,
+    };
+    Ok((StatusCode::CREATED, Json(body)).into_response())
 }

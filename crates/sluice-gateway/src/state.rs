@@ -1,6 +1,6 @@
 //! The gateway's state: the service and what only HTTP needs.
 
-use std::{ops::Deref, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use crate::limiter::RateLimiter;
 
@@ -8,9 +8,6 @@ pub use sluice_service::{ModelEntry, Sluice};
 
 /// Everything a handler needs: the service, and the HTTP-only parts
 /// (limiters, CORS, body and connection limits, the health cache).
-///
-/// `AppState` dereferences to [`Sluice`] while the domain moves out of the
-/// gateway's modules (ARCHITECTURE.md, "The service layer").
 #[derive(Clone)]
 pub struct AppState {
     /// The service.
@@ -30,15 +27,7 @@ pub struct AppState {
     /// Time allowed for a request's body.
     pub body_timeout: Duration,
     /// The last `/healthz` answer.
-    pub health: Arc<Health>,
-}
-
-impl Deref for AppState {
-    type Target = Sluice;
-
-    fn deref(&self) -> &Sluice {
-        &self.sluice
-    }
+    pub health: Arc<HealthCache>,
 }
 
 /// Connection limits and timeouts.
@@ -56,12 +45,12 @@ pub struct Limits {
 
 /// The last answer of `/healthz`.
 #[derive(Default)]
-pub struct Health {
+pub struct HealthCache {
     pub(crate) last: std::sync::Mutex<
         Option<(
             sluice_env::Stopwatch,
             axum::http::StatusCode,
-            serde_json::Value,
+            sluice_proto::api::Health,
         )>,
     >,
 }

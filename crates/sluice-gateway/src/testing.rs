@@ -277,6 +277,10 @@ fn async_stream(
 }
 
 /// Start a fake upstream on `127.0.0.1:0`.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "a stand-in upstream, not the gateway's documented API"
+)]
 pub async fn spawn_fake_openai(b: FakeBehaviour) -> std::io::Result<FakeUpstream> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

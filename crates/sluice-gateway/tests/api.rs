@@ -17,6 +17,7 @@ mod api {
     mod jobs;
     mod l402;
     mod lnbits;
+    mod openapi;
     mod paid_path;
     mod refunds;
     mod upstreams;

@@ -163,7 +163,7 @@ pub enum NostrError {
 }
 
 /// A Nostr event (NIP-01). Unknown JSON fields are ignored when parsing (they are not signed).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Event {
     /// Lowercase hex SHA-256 of the serialised event (see [`Event::compute_id`]).
     pub id: String,

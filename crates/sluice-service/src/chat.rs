@@ -29,6 +29,10 @@ use std::{sync::Arc, time::Duration};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use sluice_core::{BtcUsd, Msat, TokenUsage};
+use sluice_proto::{
+    api::Receipt,
+    openai::{ChatCompletionChunk, Usage},
+};
 use sluice_store::{
     GrantKind, HoldOutcome, NewHold, RequestStatus, SettleRequest, Settled, SpendCap,
 };
@@ -366,31 +370,33 @@ impl Meter {
     }
 
     /// The `sluice` receipt object added to responses.
-    fn receipt(&self, usage: TokenUsage, s: &Settled) -> Value {
-        let mut v = json!({
-            "request_id": self.request_id,
-            "input_tokens_estimated": self.input_estimate,
-            "hold_msat": self.hold.msat(),
-            "cost_msat": s.charged.msat(),
-            "released_msat": s.released.msat(),
-            "btc_usd": sluice_core::UsdMicros(self.btc.micros()).to_decimal_string(),
-            "input_tokens": usage.input,
-            "output_tokens": usage.output,
-            "output_limit": self.limit,
-            "real_money": self.state.lightning.is_real_money(),
-        });
-        if let Ok(i) = sluice_core::itemize(&self.metering.rates, usage, self.btc) {
-            v["price"] = crate::pricing::itemized_json(&i);
+    fn receipt(&self, usage: TokenUsage, s: &Settled) -> Receipt {
+        Receipt {
+            request_id: self.request_id.clone(),
+            input_tokens_estimated: self.input_estimate,
+            hold_msat: self.hold.msat(),
+            cost_msat: s.charged.msat(),
+            released_msat: s.released.msat(),
+            btc_usd: sluice_core::UsdMicros(self.btc.micros()).to_decimal_string(),
+            input_tokens: usage.input,
+            output_tokens: usage.output,
+            output_limit: self.limit,
+            real_money: self.state.lightning.is_real_money(),
+            price: sluice_core::itemize(&self.metering.rates, usage, self.btc)
+                .ok()
+                .map(|i| crate::pricing::itemized(&i)),
+            balance_msat: self.session_id.is_some().then(|| s.balance.msat()),
+            free_tier: self.free.as_ref().map(|f| f.decision.as_str().to_owned()),
+            absorbed_msat: self.free.as_ref().map(|_| s.absorbed.msat()),
+            tier: self.free.as_ref().map(|f| f.tier.as_str().to_owned()),
         }
-        if self.session_id.is_some() {
-            v["balance_msat"] = s.balance.msat().into();
-        }
-        if let Some(f) = &self.free {
-            v["free_tier"] = f.decision.as_str().into();
-            v["absorbed_msat"] = s.absorbed.msat().into();
-            v["tier"] = f.tier.as_str().into();
-        }
-        v
+    }
+
+    /// Write the metered usage and the receipt into an answer object.
+    fn stamp(&self, v: &mut Value, usage: TokenUsage, s: &Settled) {
+        v["usage"] = to_json(&Usage::new(usage.input, usage.output, s.charged.msat()));
+        v["sluice"] = to_json(&self.receipt(usage, s));
+        self.mark_free(v, s);
     }
 
     /// Add `free_tier` and `absorbed_msat` to a response object that used the free tier.
@@ -402,12 +408,24 @@ impl Meter {
     }
 }
 
-fn usage_json(usage: TokenUsage, cost: Msat) -> Value {
-    json!({
-        "prompt_tokens": usage.input,
-        "completion_tokens": usage.output,
-        "total_tokens": usage.input + usage.output,
-        "cost_msat": cost.msat(),
+/// A wire type as JSON (they serialize infallibly: plain fields, string keys).
+fn to_json(v: &impl serde::Serialize) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+/// The chunk that ends a stream: no delta, or the finish reason (`stop`).
+fn end_chunk(id: Value, created: Value, model: &str, finish: Option<&str>) -> Value {
+    let choices = finish
+        .map(|f| vec![json!({"index": 0, "delta": {}, "finish_reason": f})])
+        .unwrap_or_default();
+    to_json(&ChatCompletionChunk {
+        id,
+        object: "chat.completion.chunk".into(),
+        created,
+        model: model.to_owned(),
+        choices,
+        usage: None,
+        sluice: None,
     })
 }
 
@@ -508,11 +526,11 @@ impl Sluice {
             deadline: hold_deadline,
             payer_key: payer_key.clone(),
         };
-        let call = ChatCall {
-            body: req.upstream_body(&model.upstream_model, model.limit_field, limit),
-            messages: req.messages.clone(),
-            max_tokens: limit,
-        };
+        let call = self.call(
+            req.upstream_body(&model.upstream_model, model.limit_field, limit),
+            req.messages.clone(),
+            limit,
+        );
         if hold == Msat::ZERO {
             // Free: nothing to hold; the pool pays after the work.
             let m = meter(None, free);
@@ -668,9 +686,7 @@ async fn complete_response(meter: Meter, call: ChatCall) -> Result<ChatOutcome, 
                     let s = meter.settle(usage, RequestStatus::Settled, censored).await?;
                     let mut resp = c.response;
                     resp["model"] = Value::String(meter.public_model.clone());
-                    resp["usage"] = usage_json(usage, s.charged);
-                    resp["sluice"] = meter.receipt(usage, &s);
-                    meter.mark_free(&mut resp, &s);
+                    meter.stamp(&mut resp, usage, &s);
                     Ok((
                         resp,
                         s,
@@ -851,10 +867,12 @@ async fn pump(
                 tracing::warn!(request_id = %meter.request_id, counted, limit = meter.limit, "the upstream ran past its output limit; cut");
                 censored = true;
                 cut = true;
-                held_finish = Some(
-                    json!({"id": chunk.get("id"), "object": "chat.completion.chunk", "created": chunk.get("created"), "model": meter.public_model,
-                       "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}),
-                );
+                held_finish = Some(end_chunk(
+                    chunk.get("id").cloned().unwrap_or(Value::Null),
+                    chunk.get("created").cloned().unwrap_or(Value::Null),
+                    &meter.public_model,
+                    Some("length"),
+                ));
                 let room = cut_after(meter.limit).saturating_sub(counted);
                 let content = chunk
                     .pointer("/choices/0/delta/content")
@@ -938,17 +956,12 @@ async fn pump(
             // A cut stream still tells the client why it ended.
             let _ = send_within(&tx, ChatEvent::Chunk(f), meter.idle).await;
         }
-        json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": meter.public_model, "choices": []})
+        end_chunk(id, created, &meter.public_model, None)
     } else {
-        held_finish.unwrap_or_else(|| {
-            json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": meter.public_model,
-                   "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-        })
+        held_finish.unwrap_or_else(|| end_chunk(id, created, &meter.public_model, Some("stop")))
     };
     let mut final_chunk = final_chunk;
-    final_chunk["usage"] = usage_json(usage, settled.charged);
-    final_chunk["sluice"] = meter.receipt(usage, &settled);
-    meter.mark_free(&mut final_chunk, &settled);
+    meter.stamp(&mut final_chunk, usage, &settled);
     if let Some(e) = &failure {
         tracing::warn!(request_id = %meter.request_id, error = %e, "upstream failed mid-stream; charged for what was generated");
         let err = ServiceError::upstream(

@@ -5,7 +5,7 @@ use serde_json::json;
 use sluice_core::{Msat, Tier, TokenUsage};
 use sluice_store::{GrantAsk, GrantKind};
 
-use crate::{ServiceError, Sluice, chat::upstream_error, request::ChatBody, upstream::ChatCall};
+use crate::{ServiceError, Sluice, chat::upstream_error, request::ChatBody};
 
 /// A demo answer and what it cost the pool.
 #[derive(Debug, Clone)]
@@ -49,11 +49,11 @@ impl Sluice {
         }
         let completion = model
             .upstream
-            .complete(ChatCall {
-                body: body.upstream_body(&model.upstream_model, model.limit_field, priced.max_out),
-                messages: body.messages.clone(),
-                max_tokens: priced.max_out,
-            })
+            .complete(self.call(
+                body.upstream_body(&model.upstream_model, model.limit_field, priced.max_out),
+                body.messages.clone(),
+                priced.max_out,
+            ))
             .await
             .map_err(|e| upstream_error(&e))?;
         let metering = crate::metering::Metering::of(model);

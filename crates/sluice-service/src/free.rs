@@ -17,7 +17,6 @@
 //! what it has; a payer is charged the rest up to what it held or paid, and
 //! what is left is the operator's loss (never the payer's, never the pool's).
 
-use serde_json::{Value, json};
 use sluice_core::{
     Allowances, Decision, Msat, Tier, day_of, decide_for, effective_tier, remaining_allowance,
 };
@@ -189,19 +188,19 @@ impl FreeDecision {
         }
     }
 
-    /// The decision as JSON, for responses and estimates.
-    pub fn json(&self, estimate: Msat) -> Value {
-        let mut v = json!({
-            "decision": self.decision.as_str(),
-            "tier": self.tier.as_str(),
-            "estimate_msat": estimate.msat(),
-            "absorb_msat": self.decision.absorb().msat(),
-            "charge_msat": self.decision.charge(estimate).msat(),
-        });
-        if let Decision::Gate { reason } = self.decision {
-            v["reason"] = Value::String(reason.as_str().to_owned());
+    /// The decision on `estimate`, as estimates show it.
+    pub fn view(&self, estimate: Msat) -> sluice_proto::api::FreeTierDecision {
+        sluice_proto::api::FreeTierDecision {
+            decision: self.decision.as_str().to_owned(),
+            tier: self.tier.as_str().to_owned(),
+            estimate_msat: estimate.msat(),
+            absorb_msat: self.decision.absorb().msat(),
+            charge_msat: self.decision.charge(estimate).msat(),
+            reason: match self.decision {
+                Decision::Gate { reason } => Some(reason.as_str().to_owned()),
+                _ => None,
+            },
         }
-        v
     }
 }
 

@@ -29,10 +29,8 @@ use sluice_core::{
 use sluice_store::{Evaluation, GrantKind, JobInvoice, JobRow, NewJob, StoreError, WorkOutcome};
 
 use crate::{
-    JobModels, ServiceError, Sluice, log_ref,
-    request::ChatBody,
-    sessions::lightning_error,
-    upstream::{ChatCall, Completion},
+    JobModels, ServiceError, Sluice, log_ref, request::ChatBody, sessions::lightning_error,
+    upstream::Completion,
 };
 
 /// The instruction given to the evaluation model.
@@ -268,11 +266,7 @@ async fn call(
     );
     body.insert(m.limit_field.as_str().into(), max_tokens.into());
     m.upstream
-        .complete(ChatCall {
-            body,
-            messages,
-            max_tokens,
-        })
+        .complete(state.call(body, messages, max_tokens))
         .await
         .map_err(|e| e.to_string())
 }

@@ -194,6 +194,24 @@ impl std::fmt::Debug for Sluice {
 }
 
 impl Sluice {
+    /// A call to an upstream, stamped with this service's clock and ids.
+    pub fn call(
+        &self,
+        body: serde_json::Map<String, serde_json::Value>,
+        messages: Vec<(String, String)>,
+        max_tokens: u64,
+    ) -> upstream::ChatCall {
+        let mut b = [0u8; 12];
+        self.ids.fill(&mut b);
+        upstream::ChatCall {
+            body,
+            messages,
+            max_tokens,
+            id: format!("chatcmpl-{}", hex::encode(b)),
+            created: self.clock.now_secs(),
+        }
+    }
+
     /// Unix milliseconds now, by the service's clock.
     pub fn now_ms(&self) -> i64 {
         self.clock.now_ms()

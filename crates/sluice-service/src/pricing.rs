@@ -1,7 +1,6 @@
 //! Pricing a chat request before it runs, shared by chat completions (which
 //! hold the maximum), jobs and estimates (which report P50/P90 too).
 
-use serde_json::{Value, json};
 use sluice_core::{
     BtcUsd, Estimate, EstimateError, Percentile, Quote, QuoteRequest, RequestClass, output_budget,
     quote, reserve,
@@ -131,14 +130,14 @@ impl Priced<'_> {
 }
 
 /// A charge itemized for a receipt or a quote.
-pub fn itemized_json(i: &sluice_core::Itemized) -> Value {
-    json!({
-        "input_msat": i.input.msat(),
-        "output_msat": i.output.msat(),
-        "per_request_msat": i.per_request.msat(),
-        "margin_msat": i.margin.msat(),
-        "rounding_msat": i.rounding.msat(),
-        "minimum_msat": i.minimum.msat(),
-        "total_msat": i.total.msat(),
-    })
+pub fn itemized(i: &sluice_core::Itemized) -> sluice_proto::api::Itemized {
+    sluice_proto::api::Itemized {
+        input_msat: i.input.msat(),
+        output_msat: i.output.msat(),
+        per_request_msat: i.per_request.msat(),
+        margin_msat: i.margin.msat(),
+        rounding_msat: i.rounding.msat(),
+        minimum_msat: i.minimum.msat(),
+        total_msat: i.total.msat(),
+    }
 }

@@ -57,7 +57,7 @@ pub async fn run(
     let state = sluice_gateway::build_state(&cfg, prebuilt)
         .await
         .context("could not start the gateway")?;
-    if !state.lightning.is_real_money() {
+    if !state.sluice.lightning.is_real_money() {
         tracing::warn!(
             "Lightning backend: dev wallet — invoices are real BOLT11 but NOT real money"
         );
@@ -68,9 +68,9 @@ pub async fn run(
     let addr = listener.local_addr()?;
     tracing::info!(
         listen = %addr,
-        database = state.store.dialect(),
-        lightning = state.lightning.name(),
-        models = ?state.models.keys().collect::<Vec<_>>(),
+        database = state.sluice.store.dialect(),
+        lightning = state.sluice.lightning.name(),
+        models = ?state.sluice.models.keys().collect::<Vec<_>>(),
         "sluice gateway listening"
     );
     sluice_gateway::serve(

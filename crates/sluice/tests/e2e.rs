@@ -605,6 +605,52 @@ async fn a_third_party_l402_client_pays_and_retries_against_lnbits() {
 }
 
 #[tokio::test]
+async fn openais_sdk_pays_from_a_session_and_the_openapi_document_validates() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/l402-client");
+    assert!(
+        client_dir.join("node_modules/openai").exists(),
+        "the OpenAI SDK is not installed: run `npm ci` in scripts/l402-client (scripts/test.sh does)"
+    );
+    let upstream = spawn_fake_openai(FakeBehaviour::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite://{}", dir.path().join("sdk.db").display());
+    let config = write_config(dir.path(), &db_url, &upstream.base_url, "");
+    let gw = Gateway::start(&config);
+    let http = reqwest::Client::new();
+    let (id, mac) = new_funded_session(&http, &gw.base, 1000).await;
+    let v = run_npm_client(
+        "openai-sdk.mjs",
+        &[
+            ("SLUICE_URL", gw.base.clone()),
+            ("SLUICE_MACAROON", mac.clone()),
+        ],
+    )
+    .await;
+    assert_eq!(v["models"], json!(["fake-model"]), "{v}");
+    assert_eq!(v["answer"], "The capital of France is Paris .");
+    assert_eq!(v["streamed"], "The capital of France is Paris .");
+    let cost = v["usage"]["cost_msat"].as_u64().unwrap();
+    assert!(cost > 0);
+    assert_eq!(v["cost_header"], cost.to_string());
+    assert_eq!(v["receipt"]["cost_msat"], cost);
+    assert_eq!(
+        v["stream_receipt"]["cost_msat"],
+        v["stream_usage"]["cost_msat"]
+    );
+    assert_eq!(v["refused"]["status"], 401, "{v}");
+    assert_eq!(v["openapi_version"], "3.1.0");
+    assert_eq!(v["openapi_valid"], true, "{}", v["openapi_errors"]);
+    // Both answers were charged to the session, and nothing else.
+    let s = session(&http, &gw.base, &id, &mac).await;
+    let both = cost + v["stream_usage"]["cost_msat"].as_u64().unwrap();
+    assert_eq!(s["spent_msat"], both);
+    assert_eq!(s["balance_msat"], 1_000_000 - both);
+    gw.stop().await;
+    check_ledger(&config);
+}
+
+#[tokio::test]
 async fn a_nostr_client_logs_in_and_signs_requests_with_nostr_tools() {
     let client_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/l402-client");
     assert!(

@@ -139,7 +139,7 @@ async fn a_client_that_disconnects_mid_stream_pays_only_for_what_was_generated()
 async fn holds_of_a_dead_gateway_are_released() {
     let app = TestApp::spawn(Db::Sqlite).await;
     let (id, mac) = app.funded_session(1000).await;
-    let store = app.state.store.clone();
+    let store = app.state.sluice.store.clone();
     // A hold taken by a gateway process that then died (it never sent a heartbeat).
     let out = store
         .hold(&NewHold {
@@ -153,17 +153,17 @@ async fn holds_of_a_dead_gateway_are_released() {
             caps: vec![],
             instance_id: "gw_dead".into(),
             stream: false,
-            now_ms: app.state.now_ms(),
+            now_ms: app.state.sluice.now_ms(),
             ttl_ms: 60_000,
             pubkey: None,
-            deadline_ms: app.state.now_ms() + 600_000,
+            deadline_ms: app.state.sluice.now_ms() + 600_000,
         })
         .await
         .unwrap();
     assert!(matches!(out, sluice_store::HoldOutcome::Held { .. }));
     assert_eq!(app.session(&id, &mac).await["held_msat"], 5_000);
     // This gateway's own in-flight holds are not touched; the dead one's are.
-    sluice_gateway::background::reconcile_abandoned(&app.state).await;
+    sluice_service::background::reconcile_abandoned(&app.state.sluice).await;
     let s = app.session(&id, &mac).await;
     assert_eq!(
         (s["held_msat"].as_u64(), s["balance_msat"].as_u64()),

@@ -17,10 +17,11 @@ fn chat_body(max_tokens: u64) -> Value {
 /// Make `keys` established by paying history recorded directly in the store:
 /// the default threshold (2,000 sats) over two distinct days.
 async fn establish(app: &TestApp, keys: &Keys) {
-    let trust = app.state.free.accounting.trust;
-    let now = app.state.now_ms();
+    let trust = app.state.sluice.free.accounting.trust;
+    let now = app.state.sluice.now_ms();
     for at in [now - sluice_core::DAY_MS, now] {
         app.state
+            .sluice
             .store
             .record_interaction(
                 &keys.public_hex(),
@@ -137,6 +138,7 @@ async fn a_new_identity_pays_earns_a_tier_then_gets_free_and_partly_free_answers
     // Audited: one row per grant with what was actually absorbed.
     let grants = app
         .state
+        .sluice
         .store
         .grants_for(&keys.public_hex())
         .await
@@ -238,8 +240,9 @@ async fn pool_holds_under_concurrent_free_requests(db: Db) {
 
     let status = app
         .state
+        .sluice
         .store
-        .pool_status(sluice_core::day_of(app.state.now_ms()))
+        .pool_status(sluice_core::day_of(app.state.sluice.now_ms()))
         .await
         .unwrap();
     // Conserved: seed (+ credits, none here) = balance + grants.
@@ -264,11 +267,18 @@ async fn pool_holds_under_concurrent_free_requests(db: Db) {
     assert_eq!(status.absorbed_today, status.absorbed);
     // No identity exceeded its allowance.
     for k in &keys {
-        let grants = app.state.store.grants_for(&k.public_hex()).await.unwrap();
+        let grants = app
+            .state
+            .sluice
+            .store
+            .grants_for(&k.public_hex())
+            .await
+            .unwrap();
         let sum: u64 = grants.iter().map(|g| g.absorbed.msat()).sum();
         assert!(sum <= allowance, "{} absorbed {sum}", k.public_hex());
         let row = app
             .state
+            .sluice
             .store
             .identity(&k.public_hex())
             .await
@@ -404,6 +414,7 @@ async fn the_demo_answers_from_the_pool_and_is_limited_per_ip() {
     );
     let grant = app
         .state
+        .sluice
         .store
         .grant(v["id"].as_str().unwrap())
         .await

@@ -130,7 +130,7 @@ impl TestApp {
         let mut state = sluice_gateway::build_state_with(&cfg, store, BTreeMap::new(), env)
             .await
             .unwrap();
-        let wrapped = wrap(state.lightning.clone());
+        let wrapped = wrap(state.sluice.lightning.clone());
         Arc::get_mut(&mut state.sluice)
             .expect("no one shares a service just built")
             .lightning = wrapped;
@@ -170,8 +170,9 @@ impl TestApp {
     pub async fn advance(&self, by: Duration) {
         self.clock.advance(by);
         self.state
+            .sluice
             .store
-            .heartbeat(&self.state.instance_id, self.state.now_ms())
+            .heartbeat(&self.state.sluice.instance_id, self.state.sluice.now_ms())
             .await
             .unwrap();
     }
@@ -280,7 +281,7 @@ impl TestApp {
     }
 
     pub async fn assert_ledger_consistent(&self) -> sluice_store::LedgerReport {
-        let r = self.state.store.check_ledger().await.unwrap();
+        let r = self.state.sluice.store.check_ledger().await.unwrap();
         assert!(r.is_consistent(), "ledger inconsistent: {r:?}");
         r
     }

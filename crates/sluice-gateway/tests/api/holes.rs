@@ -420,11 +420,18 @@ async fn shutdown_keeps_its_holds_its_own_until_they_settle() {
     // A peer looks for abandoned holds while this process drains.
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(400)).await;
-        sluice_gateway::background::reconcile_abandoned(&peer).await;
+        sluice_service::background::reconcile_abandoned(&peer.sluice).await;
     }
     let text = r.text().await.unwrap();
     assert!(text.contains("[DONE]"), "{text}");
-    let row = app.state.store.request(&request_id).await.unwrap().unwrap();
+    let row = app
+        .state
+        .sluice
+        .store
+        .request(&request_id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(row.status, sluice_store::RequestStatus::Settled, "{row:?}");
     assert!(row.charged.unwrap().msat() > 0);
     app.assert_ledger_consistent().await;

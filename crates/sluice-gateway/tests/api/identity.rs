@@ -145,7 +145,7 @@ async fn forged_and_expired_logins_and_tokens_are_refused() {
         (StatusCode::UNAUTHORIZED, "invalid_identity_token".into())
     );
     let expired = sluice_proto::macaroon::mint_identity_token(
-        &app.state.root_secret,
+        &app.state.sluice.root_secret,
         &keys.public_hex(),
         now_secs() - 1,
     )
@@ -310,13 +310,14 @@ async fn nip98_checks_url_method_payload_time_and_replays() {
 #[tokio::test]
 async fn an_elite_identity_vouches_and_the_vouchee_rises_one_tier() {
     let app = TestApp::spawn(Db::Sqlite).await;
-    let trust = app.state.free.accounting.trust;
+    let trust = app.state.sluice.free.accounting.trust;
     let elite = Keys::generate();
     let newbie = Keys::generate();
-    let now = app.state.now_ms();
+    let now = app.state.sluice.now_ms();
     // Earn elite standing by paying: 42,000 sats over the last 14 days.
     for day in (0..14).rev() {
         app.state
+            .sluice
             .store
             .record_interaction(
                 &elite.public_hex(),
@@ -373,6 +374,7 @@ async fn an_elite_identity_vouches_and_the_vouchee_rises_one_tier() {
     // The vouchee misbehaves: the voucher pays for it in standing.
     let before = app.me(&elite_token).await["trust_score"].as_u64().unwrap();
     app.state
+        .sluice
         .store
         .record_interaction(&newbie.public_hex(), Interaction::Failed, &trust, now)
         .await

@@ -254,20 +254,22 @@ async fn work_interrupted_by_a_restart_is_failed_and_refunded() {
     let hash = v["work_invoice"]["payment_hash"].as_str().unwrap();
     let job = app
         .state
+        .sluice
         .store
-        .job_invoice_paid(hash, &"11".repeat(32), "gw-test", app.state.now_ms())
+        .job_invoice_paid(hash, &"11".repeat(32), "gw-test", app.state.sluice.now_ms())
         .await
         .unwrap();
     assert_eq!(job.unwrap().state, sluice_core::JobState::Executing);
     // This (live) process runs it: however quiet, no reconciler touches it.
-    let now = app.state.now_ms();
+    let now = app.state.sluice.now_ms();
     app.state
+        .sluice
         .store
-        .job_attempt(&id, &app.state.instance_id, now)
+        .job_attempt(&id, &app.state.sluice.instance_id, now)
         .await
         .unwrap();
     app.advance(Duration::from_millis(1100)).await;
-    sluice_gateway::jobs::reconcile(&app.state).await;
+    sluice_service::jobs::reconcile(&app.state.sluice).await;
     let v: Value = app
         .get(&format!("/v1/jobs/{id}"), None)
         .await
@@ -280,6 +282,7 @@ async fn work_interrupted_by_a_restart_is_failed_and_refunded() {
     );
     // The process running it dies (it never beats again).
     app.state
+        .sluice
         .store
         .job_attempt(&id, "gw_dead", now)
         .await
@@ -288,7 +291,7 @@ async fn work_interrupted_by_a_restart_is_failed_and_refunded() {
     // The next start finds it orphaned in `executing`: failed, the whole work
     // payment refunded (this process's own reconciler may take it first: the
     // clock moved for it too).
-    sluice_gateway::jobs::resume_at_start(&app.state).await;
+    sluice_service::jobs::resume_at_start(&app.state.sluice).await;
     let v = app.wait_for_job(&id, "failed").await;
     assert_eq!(v["state"], "failed");
     assert_eq!(v["refund"]["payout_sats"], work_sats);

@@ -180,6 +180,7 @@ async fn forged_revoked_narrowed_and_expired_tokens_are_refused() {
     let id = Identifier::decode(m.identifier()).unwrap();
     assert!(
         app.state
+            .sluice
             .store
             .secret_delete(&sluice_gateway::l402::root_key_name(&id))
             .await

@@ -121,6 +121,10 @@ async fn a_session_paid_from_another_lnbits_wallet_is_credited_by_webhook() {
             .status(),
         404
     );
+    // …and the document says so: the webhook is in it, the dev wallet is not.
+    let doc: Value = app.get("/openapi.json", None).await.json().await.unwrap();
+    assert!(doc["paths"]["/v1/lightning/lnbits/webhook"]["post"].is_object());
+    assert!(doc["paths"]["/v1/dev/pay"].is_null());
 
     let (id, mac, bolt11) = app.new_session(1000).await;
     let paid = payer

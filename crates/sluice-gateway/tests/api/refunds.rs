@@ -292,8 +292,8 @@ async fn a_refund_claimed_with_an_invoice_already_paid_is_not_recorded_as_paid()
         (StatusCode::CONFLICT, "invoice_already_used".into())
     );
     app.advance(std::time::Duration::from_millis(1100)).await;
-    sluice_gateway::refunds::reconcile(&app.state).await;
-    let refunds = app.state.store.refunds_for(&id).await.unwrap();
+    sluice_service::refunds::reconcile(&app.state.sluice).await;
+    let refunds = app.state.sluice.store.refunds_for(&id).await.unwrap();
     assert_eq!(refunds[0].refund.state, sluice_core::RefundState::Pending);
     let report = app.assert_ledger_consistent().await;
     assert_eq!(report.paid_out.msat(), 100_000, "one payout, the real one");
@@ -657,8 +657,8 @@ async fn payouts_that_fail_time_out_or_could_succeed_twice_pay_exactly_once() {
 
     // 3. The reconciler looks the payment up and records the success.
     app.advance(std::time::Duration::from_millis(1100)).await;
-    sluice_gateway::refunds::reconcile(&app.state).await;
-    let refunds = app.state.store.refunds_for(&id).await.unwrap();
+    sluice_service::refunds::reconcile(&app.state.sluice).await;
+    let refunds = app.state.sluice.store.refunds_for(&id).await.unwrap();
     assert_eq!(refunds[0].refund.state, sluice_core::RefundState::Claimed);
     assert_eq!(
         refunds[0].refund.payment_hash.as_deref(),
@@ -719,8 +719,8 @@ async fn after_a_payout_reported_failed_only_the_same_invoice_is_retried_until_i
     );
     // The look-up says failed (wrongly: the HTLC is held).
     app.advance(std::time::Duration::from_millis(1100)).await;
-    sluice_gateway::refunds::reconcile(&app.state).await;
-    let refund = &app.state.store.refunds_for(&id).await.unwrap()[0];
+    sluice_service::refunds::reconcile(&app.state.sluice).await;
+    let refund = &app.state.sluice.store.refunds_for(&id).await.unwrap()[0];
     assert_eq!(refund.refund.state, sluice_core::RefundState::Pending);
     // A new invoice is refused while the failed one lives.
     let (second, _) = app.customer_invoice(50).await;
@@ -738,7 +738,7 @@ async fn after_a_payout_reported_failed_only_the_same_invoice_is_retried_until_i
     assert_eq!(r.status(), StatusCode::CONFLICT);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["payment_hash"], first["payment_hash"]);
-    let refund = &app.state.store.refunds_for(&id).await.unwrap()[0];
+    let refund = &app.state.sluice.store.refunds_for(&id).await.unwrap()[0];
     assert_eq!(refund.refund.state, sluice_core::RefundState::Claimed);
     assert_eq!(
         mock.payouts_sent.load(Ordering::SeqCst),
@@ -874,8 +874,8 @@ async fn a_refusal_is_believed_only_when_the_backend_has_no_record_of_the_paymen
     let r = claim(second).await;
     assert_eq!(r.status(), StatusCode::CONFLICT);
     app.advance(std::time::Duration::from_millis(1100)).await;
-    sluice_gateway::refunds::reconcile(&app.state).await;
-    let refund = &app.state.store.refunds_for(&id).await.unwrap()[0];
+    sluice_service::refunds::reconcile(&app.state.sluice).await;
+    let refund = &app.state.sluice.store.refunds_for(&id).await.unwrap()[0];
     assert_eq!(refund.refund.state, sluice_core::RefundState::Claimed);
     assert_eq!(mock.payouts_sent.load(Ordering::SeqCst), 1, "paid once");
     assert!(app.customer_paid(&first_hash).await);

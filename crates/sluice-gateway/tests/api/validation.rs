@@ -269,10 +269,10 @@ async fn lightning_backends_are_chosen_by_configuration_with_clear_errors() {
         })
         .await
         .unwrap();
-        assert_eq!(state.lightning.name(), name);
-        assert!(state.lightning.is_real_money());
+        assert_eq!(state.sluice.lightning.name(), name);
+        assert!(state.sluice.lightning.is_real_money());
         assert!(
-            state.dev_wallet.is_none(),
+            state.sluice.dev_wallet.is_none(),
             "no dev payments with a real node"
         );
     }

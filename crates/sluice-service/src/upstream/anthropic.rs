@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 use sluice_core::TokenUsage;
 
 use super::{
-    ChatCall, ChunkStream, Completion, Upstream, UpstreamError, completion_id, completion_object,
-    read_json, send, text_chunk, unix_now, usage_chunk,
+    ChatCall, ChunkStream, Completion, Upstream, UpstreamError, completion_object, read_json, send,
+    text_chunk, usage_chunk,
 };
 use crate::config::Secret;
 
@@ -139,11 +139,9 @@ impl Upstream for AnthropicUpstream {
         });
         let finish = finish_reason(v.get("stop_reason").and_then(Value::as_str));
         let response = completion_object(
-            v.get("id")
-                .and_then(Value::as_str)
-                .unwrap_or(&completion_id()),
+            v.get("id").and_then(Value::as_str).unwrap_or(&call.id),
             &model,
-            unix_now(),
+            call.created,
             &text,
             finish,
             usage.unwrap_or_default(),
@@ -166,8 +164,7 @@ impl Upstream for AnthropicUpstream {
             .to_owned();
         let resp = self.send(to_messages_request(&call, true)).await?;
         let idle = self.idle;
-        let id = completion_id();
-        let created = unix_now();
+        let (id, created) = (call.id.clone(), call.created);
         struct St<E> {
             events: E,
             usage: TokenUsage,
@@ -283,6 +280,8 @@ mod tests {
                 ("user".into(), "hi".into()),
             ],
             max_tokens: 64,
+            id: "chatcmpl-test".into(),
+            created: 0,
         };
         let r = to_messages_request(&call, true);
         assert_eq!(r["system"], "be brief");

@@ -11,8 +11,8 @@ use sluice_local::{ChatMessage, FinishReason, GenParams, LocalModel};
 use tokio::sync::mpsc;
 
 use super::{
-    ChatCall, ChunkStream, Completion, Upstream, UpstreamError, completion_id, completion_object,
-    text_chunk, unix_now, usage_chunk,
+    ChatCall, ChunkStream, Completion, Upstream, UpstreamError, completion_object, text_chunk,
+    usage_chunk,
 };
 
 /// An in-process model.
@@ -130,7 +130,7 @@ impl Upstream for LocalUpstream {
                 Piece::Text(t) => text.push_str(&t),
                 Piece::Done(usage, fin) => {
                     let response =
-                        completion_object(&completion_id(), &model, unix_now(), &text, fin, usage);
+                        completion_object(&call.id, &model, call.created, &text, fin, usage);
                     return Ok(Completion {
                         response,
                         usage: Some(usage),
@@ -157,8 +157,7 @@ impl Upstream for LocalUpstream {
             .unwrap_or_default()
             .to_owned();
         let rx = self.spawn(&call);
-        let id = completion_id();
-        let created = unix_now();
+        let (id, created) = (call.id.clone(), call.created);
         let s = tokio_stream::wrappers::ReceiverStream::new(rx).flat_map(move |p| {
             let items: Vec<Result<Value, UpstreamError>> = match p {
                 Piece::Text(t) => vec![Ok(text_chunk(&id, &model, created, Some(&t), None))],

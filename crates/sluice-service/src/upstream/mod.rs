@@ -22,6 +22,12 @@ pub struct ChatCall {
     pub messages: Vec<(String, String)>,
     /// Output tokens reserved for (the upstream is told this limit).
     pub max_tokens: u64,
+    /// The id a completion the adapter synthesises carries (an upstream
+    /// that names its own answers keeps its name).
+    pub id: String,
+    /// Its `created`, Unix seconds: the service's clock, so an answer made
+    /// on a manual clock is stamped with that clock's time.
+    pub created: u64,
 }
 
 /// Bytes a non-streamed answer may take per output token it is allowed
@@ -295,19 +301,6 @@ pub fn finish_reason_of(v: &Value) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// A fresh id for synthesised completions (a label on the wire; it decides nothing).
-pub fn completion_id() -> String {
-    let mut b = [0u8; 12];
-    sluice_env::Ids::fill(&sluice_env::OsIds, &mut b);
-    format!("chatcmpl-{}", hex::encode(b))
-}
-
-/// Unix seconds now, for a synthesised completion's `created` (a label on
-/// the wire; it decides nothing, so it is the host's time).
-pub fn unix_now() -> u64 {
-    sluice_env::Clock::now_secs(&sluice_env::SystemClock)
-}
-
 /// An OpenAI chunk with one text delta (or a finish reason).
 pub fn text_chunk(
     id: &str,
@@ -386,6 +379,8 @@ mod tests {
             body: body.as_object().unwrap().clone(),
             messages: vec![],
             max_tokens,
+            id: "chatcmpl-test".into(),
+            created: 0,
         };
         let plain = call(json!({}), 100).answer_byte_cap();
         assert_eq!(plain, ANSWER_OVERHEAD_BYTES + 200 * ANSWER_BYTES_PER_TOKEN);
