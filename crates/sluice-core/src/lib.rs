@@ -22,6 +22,7 @@ pub mod ledger;
 pub mod price;
 pub mod quantile;
 pub mod refund;
+pub mod scheduler;
 pub mod session;
 pub mod settle;
 

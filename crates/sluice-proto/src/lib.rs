@@ -4,6 +4,7 @@
 pub mod api;
 pub mod l402;
 pub mod macaroon;
+pub mod market;
 pub mod nostr;
 pub mod openai;
 
