@@ -38,8 +38,9 @@
 //! as soon as there is demand; the best providers stay its fallbacks. A
 //! payer who names a `sort` or `only` is never explored on.
 //!
-//! Cost: two passes over the candidates and no allocation besides the
-//! answer (see `benches/core.rs`: 10,000 candidates in tens of µs).
+//! Cost: one filtering pass over the candidates and one scoring pass over
+//! those that passed, linear in the fleet (`benches/core.rs`; the figures
+//! are in `docs/benchmarks.md`).
 
 use std::cmp::Ordering;
 
@@ -316,16 +317,24 @@ struct Bests {
     throughput: u64,
 }
 
-fn terms(c: &Candidate, ask: &Ask, k: &Constraints, p: &Policy, b: &Bests) -> Terms {
-    let price = ratio(
-        c.price.cost_micro(ask.input_tokens, ask.max_output).max(1),
-        b.cost,
-    );
-    let latency = ratio(u128::from(expected_ms(c, ask, p)), u128::from(b.ms));
+/// What `c` would cost for `ask` (never 0, so every ratio is defined).
+fn cost(c: &Candidate, ask: &Ask) -> u128 {
+    c.price.cost_micro(ask.input_tokens, ask.max_output).max(1)
+}
+
+/// `c`'s terms, given its [`cost`] and [`expected_ms`] for the request.
+fn terms(c: &Candidate, cost: u128, ms: u64, k: &Constraints, p: &Policy, b: &Bests) -> Terms {
+    let price = ratio(cost, b.cost);
+    let latency = ratio(u128::from(ms), u128::from(b.ms));
     let reliability = UNIT + u64::from(c.recent_failures) * (UNIT / 4);
     let load = UNIT + u64::from(c.in_flight) * UNIT / u64::from(c.max_concurrency.max(1));
     let w = p.weights;
     let weighted = |x: u64, weight: u64| u128::from(x) * u128::from(weight);
+    let blend = (weighted(price, w.price)
+        + weighted(latency, w.latency)
+        + weighted(reliability, w.reliability)
+        + weighted(load, w.load))
+        / 10_000;
     let total = match k.sort {
         // One term decides; the weighted rest (scaled far below it) breaks ties.
         Some(sort) => {
@@ -338,22 +347,10 @@ fn terms(c: &Candidate, ask: &Ask, k: &Constraints, p: &Policy, b: &Bests) -> Te
                     t => ratio(u128::from(b.throughput), u128::from(t)),
                 },
             };
-            let rest = (weighted(price, w.price)
-                + weighted(latency, w.latency)
-                + weighted(reliability, w.reliability)
-                + weighted(load, w.load))
-                / 10_000
-                / 1_000;
-            u64::try_from(u128::from(main).saturating_mul(1_000) + rest).unwrap_or(u64::MAX)
+            u64::try_from(u128::from(main).saturating_mul(1_000) + blend / 1_000)
+                .unwrap_or(u64::MAX)
         }
-        None => u64::try_from(
-            (weighted(price, w.price)
-                + weighted(latency, w.latency)
-                + weighted(reliability, w.reliability)
-                + weighted(load, w.load))
-                / 10_000,
-        )
-        .unwrap_or(u64::MAX),
+        None => u64::try_from(blend).unwrap_or(u64::MAX),
     };
     Terms {
         price,
@@ -385,31 +382,31 @@ pub fn pick(
     policy: &Policy,
     seed: u64,
 ) -> Result<Pick, NoProvider> {
-    // Pass 1: filter, and find the bests the ratios are taken against.
+    // Pass 1: filter once, remembering each eligible candidate's cost and
+    // expected time, and find the bests the ratios are taken against.
     let mut filtered = Filtered::default();
+    let mut ok: Vec<(usize, u128, u64)> = Vec::with_capacity(candidates.len());
     let mut bests = Bests {
         cost: u128::MAX,
         ms: u64::MAX,
         throughput: 0,
     };
-    let mut eligible = 0u32;
     let mut new_ones = 0u32;
-    for c in candidates {
+    for (index, c) in candidates.iter().enumerate() {
         if let Some(count) = refusal(c, ask, constraints) {
             *count(&mut filtered) += 1;
             continue;
         }
-        eligible += 1;
-        bests.cost = bests
-            .cost
-            .min(c.price.cost_micro(ask.input_tokens, ask.max_output).max(1));
-        bests.ms = bests.ms.min(expected_ms(c, ask, policy));
+        let (cost, ms) = (cost(c, ask), expected_ms(c, ask, policy));
+        ok.push((index, cost, ms));
+        bests.cost = bests.cost.min(cost);
+        bests.ms = bests.ms.min(ms);
         bests.throughput = bests.throughput.max(c.tokens_per_sec_milli);
         if is_new(c, policy) {
             new_ones += 1;
         }
     }
-    if eligible == 0 {
+    if ok.is_empty() {
         return Err(NoProvider(filtered));
     }
     // Exploration: drawn from the seed, only for a payer with no preference.
@@ -432,11 +429,9 @@ pub fn pick(
     let mut top: Vec<Choice> = Vec::with_capacity(keep + 1);
     let mut explored: Option<Choice> = None;
     let mut nth_new = 0u64;
-    for (index, c) in candidates.iter().enumerate() {
-        if refusal(c, ask, constraints).is_some() {
-            continue;
-        }
-        let t = terms(c, ask, constraints, policy, &bests);
+    for &(index, cost, ms) in &ok {
+        let c = &candidates[index];
+        let t = terms(c, cost, ms, constraints, policy, &bests);
         let choice = Choice { index, terms: t };
         if is_new(c, policy) {
             if explore_nth == Some(nth_new) {
@@ -473,7 +468,7 @@ pub fn pick(
         }
         None => {
             let mut it = top.into_iter();
-            // `eligible > 0`, so the ranking holds at least one.
+            // `ok` is not empty, so the ranking holds at least one.
             let Some(first) = it.next() else {
                 return Err(NoProvider(filtered));
             };
@@ -484,7 +479,7 @@ pub fn pick(
         first,
         explored: was_explored,
         fallbacks,
-        eligible,
+        eligible: u32::try_from(ok.len()).unwrap_or(u32::MAX),
     })
 }
 
@@ -841,7 +836,7 @@ mod tests {
                     prop_assert_eq!(&ranked, &sorted, "fallbacks best first");
                     if let Some(best) = ranked.first() {
                         for i in &ok {
-                            let t = terms(&cs[*i], &a, &k, &policy, &Bests {
+                            let t = terms(&cs[*i], cost(&cs[*i], &a), expected_ms(&cs[*i], &a, &policy), &k, &policy, &Bests {
                                 cost: ok.iter().map(|j| cs[*j].price.cost_micro(input, output).max(1)).min().unwrap_or(1),
                                 ms: ok.iter().map(|j| expected_ms(&cs[*j], &a, &policy)).min().unwrap_or(1),
                                 throughput: ok.iter().map(|j| cs[*j].tokens_per_sec_milli).max().unwrap_or(0),

@@ -1,7 +1,7 @@
 //! The router (`app`) apart from serving (`serve`), so tests and the
 //! simulator can run many gateways in one process.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, time::Duration};
 
 use axum::{
     Json, Router,
@@ -39,7 +39,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub fn app(state: AppState, max_body_bytes: usize) -> Router {
     let (router, mut doc) = routes(&state).split_for_parts();
     describe_responses(&mut doc);
-    let doc = Arc::new(OpenApiJson(doc.to_json().unwrap_or_default()));
+    let doc = OpenApiJson(doc.to_json().unwrap_or_default().into());
     let router = router.layer(axum::Extension(doc));
     finish(router, state, max_body_bytes)
 }
@@ -202,15 +202,16 @@ fn meaning(status: &str) -> &'static str {
     }
 }
 
-/// The OpenAPI document, rendered once per router.
-struct OpenApiJson(String);
+/// The OpenAPI document, rendered once per router (cloning it shares the bytes).
+#[derive(Clone)]
+struct OpenApiJson(axum::body::Bytes);
 
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",
     responses((status = 200, description = "the OpenAPI 3.1 document of this gateway", content_type = "application/json")))]
 async fn openapi_json(
-    axum::Extension(doc): axum::Extension<Arc<OpenApiJson>>,
-) -> ([(HeaderName, &'static str); 1], String) {
+    axum::Extension(doc): axum::Extension<OpenApiJson>,
+) -> ([(HeaderName, &'static str); 1], axum::body::Bytes) {
     (
         [(axum::http::header::CONTENT_TYPE, "application/json")],
         doc.0.clone(),

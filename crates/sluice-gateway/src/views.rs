@@ -1,6 +1,6 @@
 //! What the service returns, as the wire types of `sluice_proto::api` and
-//! `sluice_proto::openai`: the one place the gateway shapes a response body,
-//! so handlers stay "extract, call, map".
+//! `sluice_proto::openai`: every body more than one endpoint shows or that
+//! takes more than a struct literal, so handlers stay "extract, call, map".
 
 use sluice_core::{Msat, RefundState, UsdMicros};
 use sluice_proto::{
@@ -53,13 +53,18 @@ pub fn refund(sluice: &Sluice, r: &RefundRow, claim_path: Option<&str>) -> api::
         fee_budget_max_msat: most.msat(),
         paid_msat: claimed.then(|| r.refund.claimed.msat()),
         fee_msat: claimed.then(|| r.refund.fee.msat()),
-        claim: claim_path.map(|p| claim_hint(sluice, p, r)),
+        claim: claim_path.map(|p| hint(p, r, least, most)),
     }
 }
 
 /// How to claim refund `r` at `path`, with the invoice amount it needs.
 pub fn claim_hint(sluice: &Sluice, path: &str, r: &RefundRow) -> String {
     let (least, most) = fee_budget(sluice, r.refund.payout);
+    hint(path, r, least, most)
+}
+
+/// [`claim_hint`] with the fee budget already worked out.
+fn hint(path: &str, r: &RefundRow, least: Msat, most: Msat) -> String {
     format!(
         "POST {path} {{\"invoice\": \"<bolt11 for {} sats less a routing-fee budget of {} to {} msat>\"}}",
         r.refund.payout_sats(),
